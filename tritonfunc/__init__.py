@@ -1,0 +1,12 @@
+"""tritonfunc: torch.func's transforms, run as generated Triton kernels.
+
+The pipeline, one module per stage:
+    trace -> (transforms) -> schedule -> codegen -> runtime
+with the primitives (and all their rules) in primitives.py and the graph in graph.py.
+"""
+
+from .api import explain, jit
+from .runtime import record_launches, set_backend
+
+__all__ = ["jit", "explain", "record_launches", "set_backend"]
+__version__ = "0.1.0"

@@ -1,0 +1,76 @@
+"""Ahead-of-time compilation of generated kernels for the H100 (sm_90), on a machine without a GPU.
+
+Triton's interpreter leaves parts of triton.language patched after a launch, so compiling in a
+process that also interprets kernels is unreliable.  Compilation therefore runs in a long-lived
+worker process started without TRITON_INTERPRET; `compile_sm90` sends it one kernel at a time.
+Run as `python -m tritonfunc.aot FILE.py ...` it compiles every kernel in the given files.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import threading
+
+_lock = threading.Lock()
+_worker: subprocess.Popen | None = None
+
+
+def _start() -> subprocess.Popen:
+    global _worker
+    if _worker is None or _worker.poll() is not None:
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+        _worker = subprocess.Popen([sys.executable, "-m", "tritonfunc.aot", "--serve"], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True, env=env)
+        atexit.register(_worker.kill)
+    return _worker
+
+
+@functools.cache
+def compile_sm90(path: str, name: str, signature: tuple) -> dict:
+    """Compiles kernel `name` from the source file `path`; returns its metadata or raises."""
+    with _lock:
+        worker = _start()
+        worker.stdin.write(json.dumps({"path": path, "name": name, "signature": dict(signature)}) + "\n")
+        worker.stdin.flush()
+        reply = json.loads(worker.stdout.readline() or '{"error": "the sm_90 compile worker died"}')
+    if "error" in reply:
+        raise RuntimeError(f"tritonfunc: generated kernel {name} ({path}) does not compile for sm_90:\n"
+                           f"{reply['error']}")
+    return reply
+
+
+def _compile_here(path: str, name: str, signature: dict) -> dict:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    spec = importlib.util.spec_from_file_location(f"tritonfunc_aot_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    compiled = triton.compile(ASTSource(getattr(module, name), signature, {}), target=GPUTarget("cuda", 90, 32))
+    meta = compiled.metadata
+    return {"registers": getattr(compiled, "n_regs", None), "spills": getattr(compiled, "n_spills", None),
+            "shared": getattr(meta, "shared", None), "num_warps": getattr(meta, "num_warps", None)}
+
+
+def _serve():
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            reply = _compile_here(request["path"], request["name"], request["signature"])
+        except Exception as e:  # the error text goes back to the test that generated the kernel
+            reply = {"error": f"{type(e).__name__}: {e}"}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--serve"]:
+        _serve()

@@ -1,0 +1,337 @@
+"""Codegen: a scheduled kernel becomes deterministic, readable Triton source.
+
+The source is fully specialised: shapes, strides and block sizes are literals, so the only kernel
+arguments are pointers (inputs first, then outputs).  Half-precision values are computed in fp32:
+loaded, widened at once, and rounded on the way out.  The bytes a launch moves are counted here,
+at the load and store sites: each buffer's distinct addressed elements, once per pass over it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import primitives as P
+from .graph import Var
+from .indexing import contiguous_strides, ravel
+from .schedule import MAX_ROW_TILE, Entry, Kernel
+
+POINTWISE_BLOCK = 1024   # elements per program of a pointwise kernel
+ROW_TILE = 4096          # elements per program of a row kernel (BLOCK_R * BLOCK_C)
+LOOP_BLOCK_C = 1024      # column block of a looping row kernel
+# Counting distinct addresses evaluates every index of a launch; above this, assume each element once.
+BYTE_COUNT_LIMIT = 1 << 22
+
+_TL = {
+    torch.float64: "tl.float64", torch.float32: "tl.float32", torch.float16: "tl.float16",
+    torch.bfloat16: "tl.bfloat16", torch.int64: "tl.int64", torch.int32: "tl.int32",
+    torch.int16: "tl.int16", torch.int8: "tl.int8", torch.uint8: "tl.uint8", torch.bool: "tl.int1",
+}
+_SIG = {
+    torch.float64: "fp64", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
+    torch.int64: "i64", torch.int32: "i32", torch.int16: "i16", torch.int8: "i8", torch.uint8: "u8",
+    torch.bool: "i1",
+}
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def tl_dtype(dtype: torch.dtype) -> str:
+    """The Triton type a value of this dtype is computed in (half precision widens to fp32)."""
+    if dtype in _HALF:
+        return "tl.float32"
+    if dtype not in _TL:
+        raise NotImplementedError(f"tritonfunc: dtype {dtype} is not supported by the Triton backend")
+    return _TL[dtype]
+
+
+HEADER = '''import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+_INF = tl.constexpr(float("inf"))
+_NAN = tl.constexpr(float("nan"))
+
+
+@triton.jit
+def _mul(a, b):
+    return a * b
+
+
+@triton.jit
+def _nan_max(x):
+    # tl.max skips NaN; torch.amax returns it.  A row holding NaN sums to NaN.
+    has_nan = tl.max((x != x).to(tl.int32), axis=1, keep_dims=True) > 0
+    return tl.where(has_nan, tl.sum(x, axis=1, keep_dims=True), tl.max(x, axis=1, keep_dims=True))
+
+
+@triton.jit
+def _nan_min(x):
+    has_nan = tl.max((x != x).to(tl.int32), axis=1, keep_dims=True) > 0
+    return tl.where(has_nan, tl.sum(x, axis=1, keep_dims=True), tl.min(x, axis=1, keep_dims=True))
+
+
+@triton.jit
+def _round_bf16(x):
+    # fp32 -> bf16, rounding to nearest even on the bit pattern (the interpreter would truncate).
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = bits + 0x7FFF + ((bits >> 16) & 1)
+    rounded = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return tl.where(x != x, x.to(tl.bfloat16), rounded)
+'''
+
+
+@dataclass
+class KernelSource:
+    name: str
+    source: str
+    args: list[Var]                  # pointer arguments: loads, then stores
+    num_loads: int
+    grid: tuple[int, ...]
+    signature: dict[str, str]        # for ahead-of-time compilation
+    bytes_read: int
+    bytes_written: int
+
+
+def _mask_for(deps: frozenset[str], pointwise: bool) -> str | None:
+    if not deps:
+        return None
+    if pointwise:
+        return "mask"
+    return {frozenset("r"): "rmask", frozenset("c"): "cmask"}.get(deps, "mask")
+
+
+class Scope:
+    """Where emitted lines go: values that vary along `c` inside a column loop, the rest before it."""
+
+    def __init__(self, outer: list[str], inner: list[str] | None = None):
+        self.outer = outer
+        self.inner = outer if inner is None else inner
+
+    def add(self, line: str, varies_with_c: bool):
+        (self.inner if varies_with_c else self.outer).append(line)
+
+
+class _Emitter:
+    def __init__(self, kernel: Kernel, strides: dict[Var, tuple[int, ...]]):
+        self.kernel = kernel
+        self.strides = strides
+        self.pointwise = kernel.domain.kind == "pointwise"
+        self.loads = kernel.loads
+        self.stores = [v for v, _ in kernel.stores]
+        self.arg_name = {v: f"in{i}" for i, v in enumerate(self.loads)}
+        self.names: dict[int, tuple[str, bool]] = {}    # id(entry) -> (register, varies with c)
+        self.counter = 0
+
+    def fresh(self, prefix: str = "v") -> str:
+        self.counter += 1
+        return f"{prefix}{self.counter - 1}"
+
+    def ptr_offset(self, var: Var, index) -> str:
+        return ravel(index, self.strides.get(var) or contiguous_strides(var.shape)).render()
+
+    def forget_column_values(self):
+        """Registers defined inside a column loop are not visible after it."""
+        self.names = {k: v for k, v in self.names.items() if not v[1]}
+
+    def expr(self, entry: Entry, scope: Scope) -> str:
+        """Emits `entry` (and what it needs) into `scope`, returning its register name."""
+        if id(entry) in self.names:
+            return self.names[id(entry)][0]
+        assert entry.op != "reduce", "reductions are emitted by the row loop"
+        args = [self.expr(e, scope) for e in entry.inputs]
+        if entry.op == "load":
+            mask = _mask_for(entry.deps, self.pointwise)
+            text = f"tl.load({self.arg_name[entry.var]} + {self.ptr_offset(entry.var, entry.index)}"
+            text += f", mask={mask})" if mask else ")"
+            if entry.var.dtype in _HALF:
+                text += ".to(tl.float32)"
+        else:
+            node = entry.node
+            if node.prim.kind == "view" and node.prim.lower is None:
+                self.names[id(entry)] = self.names[id(entry.inputs[0])]  # same register, re-indexed
+                return args[0]
+            if node.prim is P.convert and node.out.dtype in _HALF:
+                rounded = "_round_bf16" if node.out.dtype == torch.bfloat16 else ""
+                text = f"{rounded}({args[0]}.to(tl.float32).to({_TL[node.out.dtype]})).to(tl.float32)" \
+                    if not rounded else f"_round_bf16({args[0]}.to(tl.float32)).to(tl.float32)"
+            else:
+                text = node.prim.lower(args, node, entry.index)
+        name = self.fresh()
+        varies = "c" in entry.deps
+        scope.add(f"{name} = {text}", varies)
+        self.names[id(entry)] = (name, varies)
+        return name
+
+    def store(self, var: Var, entry: Entry, scope: Scope):
+        value = self.expr(entry, scope)
+        if var.dtype == torch.bfloat16:
+            value = f"_round_bf16({value})"
+        elif var.dtype == torch.float16:
+            value = f"{value}.to(tl.float16)"
+        deps = _index_deps(entry)
+        mask = _mask_for(deps, self.pointwise) or ("mask" if self.pointwise else "rmask")
+        out = f"out{self.stores.index(var)}"
+        offset = self.ptr_offset(var, entry.index)
+        if not deps:  # a single element: keep the pointer a block, like the value
+            offset += " + o * 0" if self.pointwise else " + r * 0"
+        scope.add(f"tl.store({out} + {offset}, {value}, mask={mask})", "c" in deps)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (max(n, 1) - 1).bit_length())
+
+
+def generate(kernel: Kernel, strides: dict[Var, tuple[int, ...]]) -> KernelSource:
+    em = _Emitter(kernel, strides)
+    d = kernel.domain
+    body: list[str] = ["pid = tl.program_id(0)"]
+    big = max([d.size * d.cols] + [_extent(v, strides) for v in em.loads + em.stores]) >= 2**31
+    pid = "pid.to(tl.int64)" if big else "pid"
+    if d.kind == "pointwise":
+        block = min(POINTWISE_BLOCK, _pow2(d.size))
+        grid = (math.ceil(d.size / block),)
+        body += [f"o = {pid} * {block} + tl.arange(0, {block})", f"mask = o < {d.size}"]
+        for var, entry in kernel.stores:
+            em.store(var, entry, Scope(body))
+        passes = {v: 1 for v in em.loads}
+    else:
+        grid, passes = _rows_body(em, kernel, body, pid)
+    args = em.loads + em.stores
+    params = [f"in{i}" for i in range(len(em.loads))] + [f"out{i}" for i in range(len(em.stores))]
+    comment = _describe(kernel)
+    src = HEADER + "\n\n@triton.jit\n" + f"def {kernel.name}({', '.join(params)}):\n"
+    src += "".join(f"    # {line}\n" for line in comment)
+    src += "".join(f"    {line}\n" if line else "\n" for line in body)
+    signature = {p: "*" + _SIG[v.dtype] for p, v in zip(params, args)}
+    read = sum(_distinct_elements(kernel, v, strides) * v.dtype.itemsize * passes.get(v, 1) for v in em.loads)
+    written = sum(v.numel * v.dtype.itemsize for v in em.stores)
+    return KernelSource(kernel.name, src, args, len(em.loads), grid, signature, read, written)
+
+
+def _rows_body(em: _Emitter, kernel: Kernel, body: list[str], pid: str):
+    d = kernel.domain
+    looping = d.cols > MAX_ROW_TILE
+    block_c = LOOP_BLOCK_C if looping else _pow2(d.cols)
+    block_r = min(_pow2(d.size), max(1, ROW_TILE // block_c))
+    grid = (math.ceil(d.size / block_r),)
+    body += [f"r = {pid} * {block_r} + tl.arange(0, {block_r})[:, None]", f"rmask = r < {d.size}"]
+    reductions = [e for e in kernel.entries if e.op == "reduce"]   # dependencies first
+    per_element = [(v, e) for v, e in kernel.stores if "c" in _index_deps(e)]
+    per_row = [(v, e) for v, e in kernel.stores if "c" not in _index_deps(e)]
+    if not looping:  # the whole row is one tile: straight-line code
+        body += [f"c = tl.arange(0, {block_c})[None, :]", f"cmask = c < {d.cols}", "mask = rmask & cmask"]
+        scope = Scope(body)
+        for e in reductions:
+            _finish_reduction(em, e, em.expr(e.inputs[0], scope), body, block_r, block_c)
+        for v, e in kernel.stores:
+            em.store(v, e, scope)
+        return grid, {v: 1 for v in em.loads}
+    # Long rows: one loop over column blocks per reduction stage, then one for per-element stores.
+    passes: dict[Var, int] = {}
+    stages = [[e for e in reductions if e.stage == s] for s in sorted({e.stage for e in reductions})]
+    for group in stages + ([per_element] if per_element else []):
+        pre, inner = [], []
+        scope = Scope(pre, inner)
+        accumulators = []
+        for item in group:
+            if isinstance(item, tuple):  # a per-element store
+                em.store(*item, scope)
+                continue
+            rule = P.REDUCTIONS[item.node.prim.name]
+            acc = em.fresh("acc")
+            ident = P._literal(rule.identity(item.var.dtype), item.var.dtype)
+            pre.append(f"{acc} = tl.full([{block_r}, {block_c}], {ident}, {tl_dtype(item.var.dtype)})")
+            value = em.expr(item.inputs[0], scope)
+            inner.append(f"{acc} = " + rule.combine.format(a=acc, b=f"tl.where(mask, {value}, {ident})"))
+            accumulators.append((item, acc))
+        for v in em.loads:
+            if any(_mentions(line, em.arg_name[v]) for line in inner):
+                passes[v] = passes.get(v, 0) + 1
+        body += pre
+        body.append(f"for c0 in range(0, {d.cols}, {block_c}):")
+        body += [f"    c = c0 + tl.arange(0, {block_c})[None, :]", f"    cmask = c < {d.cols}",
+                 "    mask = rmask & cmask"]
+        body += ["    " + line for line in inner]
+        em.forget_column_values()
+        for item, acc in accumulators:
+            _finish_reduction(em, item, acc, body, block_r, block_c, accumulated=True)
+    for v, e in per_row:
+        em.store(v, e, Scope(body))
+    for v in em.loads:
+        passes.setdefault(v, 1)
+    return grid, passes
+
+
+def _mentions(line: str, name: str) -> bool:
+    return re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", line) is not None
+
+
+def _finish_reduction(em: _Emitter, entry: Entry, value: str, body: list[str], block_r: int, block_c: int,
+                      accumulated=False):
+    rule = P.REDUCTIONS[entry.node.prim.name]
+    dtype = entry.var.dtype
+    ident = P._literal(rule.identity(dtype), dtype)
+    # tl.where broadcasts a value that does not vary along a row to the whole tile.
+    tile = value if accumulated else f"tl.where(mask, {value}, {ident})"
+    if dtype == torch.bool:  # reduce booleans as integers
+        tile = f"({tile}).to(tl.int32)"
+    text = rule.finish.format(acc=tile)
+    if dtype == torch.bool:
+        text = f"({text} != 0)"
+    name = em.fresh()
+    body.append(f"{name} = {text}")
+    em.names[id(entry)] = (name, False)
+
+
+def _index_deps(entry: Entry) -> frozenset[str]:
+    return frozenset().union(*(i.deps for i in entry.index)) if entry.index else frozenset()
+
+
+def _describe(kernel: Kernel) -> list[str]:
+    d = kernel.domain
+    if d.kind == "pointwise":
+        head = f"pointwise over {d.size} elements"
+    else:
+        head = f"{d.size} rows x {d.cols} reduced columns"
+    ops = []
+    for e in kernel.entries:
+        if e.node is not None and e.node.prim.kind != "view" and e.node.prim.name not in ops:
+            ops.append(e.node.prim.name)
+    stores = ", ".join(v.type_str for v, _ in kernel.stores)
+    return [f"tritonfunc kernel: {head}", f"computes: {' '.join(ops) or 'copy'}", f"stores: {stores}"]
+
+
+def _extent(var: Var, strides: dict[Var, tuple[int, ...]]) -> int:
+    st = strides.get(var)
+    if st is None:
+        return var.numel
+    return 1 + sum((s - 1) * abs(t) for s, t in zip(var.shape, st)) if var.numel else 0
+
+
+class _NumpyTL:
+    minimum = staticmethod(np.minimum)
+    maximum = staticmethod(np.maximum)
+
+
+def _distinct_elements(kernel: Kernel, var: Var, strides) -> int:
+    """Distinct elements of `var` the kernel's load sites address (evaluated over the domain)."""
+    d = kernel.domain
+    total = d.size * d.cols
+    if total > BYTE_COUNT_LIMIT or var.numel == 0:
+        return var.numel
+    if d.kind == "pointwise":
+        env = {"o": np.arange(d.size, dtype=np.int64)}
+    else:
+        env = {"r": np.arange(d.size, dtype=np.int64)[:, None], "c": np.arange(d.cols, dtype=np.int64)[None, :]}
+    env["tl"] = _NumpyTL
+    seen = np.zeros(_extent(var, strides) or 1, dtype=bool)
+    em = _Emitter(kernel, strides)
+    for e in kernel.entries:
+        if e.op == "load" and e.var is var:
+            offsets = eval(em.ptr_offset(var, e.index), env)  # noqa: S307 (our own index text)
+            seen[np.broadcast_to(np.asarray(offsets), (d.size, d.cols) if d.kind == "rows" else (d.size,))] = True
+    return int(seen.sum())

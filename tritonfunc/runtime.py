@@ -1,0 +1,277 @@
+"""Runtime: load generated kernels, compile them once, allocate buffers, launch, record launches.
+
+Backends:
+  - "triton": CUDA tensors, compiled kernels;
+  - "interpreter": CPU tensors, the same kernels through Triton's interpreter (TRITON_INTERPRET=1);
+  - "torch": the scheduled graph run with each primitive's torch reference implementation.
+`set_backend` (or the TRITONFUNC_BACKEND variable) forces one; by default CUDA tensors use
+"triton", CPU tensors use "interpreter" when TRITON_INTERPRET=1 is set and "torch" otherwise.
+
+Generated source is written to a cache folder, named by its hash, and imported from there:
+`triton.jit` needs a real file (TRITON_NOTES.md).  One kernel object per source lives in this
+process, so Triton's compiled-variant cache on it is reused; Triton's own disk cache keeps the
+binaries between processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# Triton 3.9 warns that FP fusion will default to off in 3.10; choose explicitly (torch's CUDA
+# kernels contract a*b+c into FMA too).
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+from .codegen import KernelSource, generate  # noqa: E402
+from .graph import Graph, Var  # noqa: E402
+from .schedule import Schedule, schedule  # noqa: E402
+
+BACKENDS = ("triton", "interpreter", "torch")
+_backend_override: str | None = None
+
+
+def set_backend(name: str | None) -> None:
+    """Forces a backend for every later call ("triton", "interpreter", "torch"), or None for auto."""
+    global _backend_override
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"tritonfunc: unknown backend {name!r}; expected one of {BACKENDS} or None")
+    _backend_override = name
+
+
+def backend_for(device: torch.device) -> str:
+    name = _backend_override or os.environ.get("TRITONFUNC_BACKEND") or None
+    if name is None or name == "auto":
+        if device.type == "cuda":
+            return "triton"
+        return "interpreter" if os.environ.get("TRITON_INTERPRET") == "1" else "torch"
+    if name not in BACKENDS:
+        raise ValueError(f"tritonfunc: unknown backend {name!r} in TRITONFUNC_BACKEND")
+    if name == "triton" and device.type != "cuda":
+        raise RuntimeError("tritonfunc: the 'triton' backend needs CUDA tensors; on the CPU use "
+                           "'interpreter' or 'torch'")
+    if name == "interpreter" and device.type != "cpu":
+        raise RuntimeError("tritonfunc: the 'interpreter' backend runs on CPU tensors")
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch records.
+
+@dataclass
+class Launch:
+    name: str
+    grid: tuple[int, ...]
+    bytes_read: int
+    bytes_written: int
+    source: str
+
+
+@dataclass
+class LaunchRecord:
+    launches: list[Launch] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.launches)
+
+    @property
+    def bytes_read(self) -> int:
+        return sum(x.bytes_read for x in self.launches)
+
+    @property
+    def bytes_written(self) -> int:
+        return sum(x.bytes_written for x in self.launches)
+
+
+_RECORDERS: list[LaunchRecord] = []
+
+
+@contextlib.contextmanager
+def record_launches():
+    """Collects every kernel launch made inside the block: `with record_launches() as rec: ...`."""
+    rec = LaunchRecord()
+    _RECORDERS.append(rec)
+    try:
+        yield rec
+    finally:
+        _RECORDERS.remove(rec)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading kernels.
+
+def cache_dir() -> Path:
+    root = os.environ.get("TRITONFUNC_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "tritonfunc")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _source_file(ks: KernelSource) -> Path:
+    digest = hashlib.sha256(ks.source.encode()).hexdigest()[:20]
+    path = cache_dir() / f"{ks.name}_{digest}.py"
+    if not path.exists():  # write then rename: concurrent processes never see a partial file
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(ks.source)
+        os.replace(tmp, path)
+    return path
+
+
+_MODULES: dict[tuple[Path, bool], object] = {}
+# Every kernel generated in this process, for the ahead-of-time sm_90 check.
+GENERATED: dict[Path, KernelSource] = {}
+
+
+def _import(path: Path, interpret: bool):
+    key = (path, interpret)
+    if key not in _MODULES:
+        if interpret:
+            install_interpreter_support()
+        name = f"tritonfunc_kernels.{path.stem}_{'interp' if interpret else 'jit'}"
+        old = os.environ.get("TRITON_INTERPRET")
+        os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"  # read when @triton.jit runs
+        try:
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        finally:
+            if old is None:
+                del os.environ["TRITON_INTERPRET"]
+            else:
+                os.environ["TRITON_INTERPRET"] = old
+        _MODULES[key] = module
+    return _MODULES[key]
+
+
+def load_kernel(ks: KernelSource, interpret: bool):
+    path = _source_file(ks)
+    GENERATED[path] = ks
+    fn = getattr(_import(path, interpret), ks.name)
+    if os.environ.get("TRITONFUNC_CHECK_SM90") == "1":
+        compile_for_sm90(ks)
+    return fn
+
+
+def compile_for_sm90(ks: KernelSource) -> dict:
+    """Compiles a generated kernel for the H100 (sm_90) on this machine; raises on any error."""
+    from .aot import compile_sm90
+
+    return compile_sm90(str(_source_file(ks)), ks.name, tuple(ks.signature.items()))
+
+
+@functools.cache
+def install_interpreter_support():
+    """Gives libdevice functions numpy bodies under the interpreter (its stubs return None).
+
+    Each replacement keeps the original's name, module and signature and hands over to the
+    original when called with a compiler `_semantic`, so compiling for a GPU in the same process
+    still works.
+    """
+    import triton.language as tl
+    from triton.language.extra import libdevice
+    from triton.runtime.interpreter import TensorHandle
+
+    def numpy_extern(original, np_fn):
+        @functools.wraps(original)
+        def fn(*args, _semantic=None, **kwargs):
+            if _semantic is not None:
+                return original(*args, _semantic=_semantic, **kwargs)
+            tensors = [a for a in args if isinstance(a, tl.tensor)]
+            dtype = tensors[0].dtype
+            data = [a.handle.data if isinstance(a, tl.tensor) else a for a in args]
+            with np.errstate(all="ignore"):
+                out = np.asarray(np_fn(*data)).astype(tensors[0].handle.data.dtype)
+            ty = tl.block_type(dtype, list(out.shape)) if out.ndim else dtype
+            return tl.tensor(TensorHandle(out, dtype), ty)
+        return fn
+
+    from math import erf as _unused  # noqa: F401
+    table = {"tanh": np.tanh, "log1p": np.log1p, "expm1": np.expm1, "tan": np.tan, "pow": np.power,
+             "atan2": np.arctan2}
+    for name, np_fn in table.items():
+        setattr(libdevice, name, numpy_extern(getattr(libdevice, name), np_fn))
+
+
+# ---------------------------------------------------------------------------------------------
+# Executables: a scheduled graph with its kernels loaded, run on fresh inputs.
+
+@dataclass
+class Executable:
+    graph: Graph
+    schedule: Schedule
+    kernels: list[tuple[KernelSource, object]]
+    free_after: list[list[Var]]       # buffers no later kernel needs, per kernel
+
+    def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        env: dict[Var, torch.Tensor] = dict(zip(self.graph.inputs, inputs))
+        device = inputs[0].device if inputs else torch.device("cpu")
+        for (ks, fn), dead in zip(self.kernels, self.free_after):
+            for v in ks.args[ks.num_loads:]:
+                env[v] = torch.empty(v.shape, dtype=v.dtype, device=device)
+            if ks.grid[0] > 0:
+                fn[ks.grid](*[env[v] for v in ks.args])
+                for rec in _RECORDERS:
+                    rec.launches.append(Launch(ks.name, ks.grid, ks.bytes_read, ks.bytes_written, ks.source))
+            for v in dead:
+                env.pop(v, None)
+        return [env[v] for v in self.graph.outputs]
+
+
+def build(graph: Graph, inputs: list[torch.Tensor], interpret: bool) -> Executable:
+    sched = schedule(graph)
+    strides = {v: tuple(t.stride()) for v, t in zip(graph.inputs, inputs)}
+    kernels = []
+    for kernel in sched.kernels:
+        ks = generate(kernel, strides)
+        kernels.append((ks, load_kernel(ks, interpret)))
+    keep = set(sched.graph.outputs) | set(sched.graph.inputs)
+    last_use: dict[Var, int] = {}
+    for i, (ks, _) in enumerate(kernels):
+        for v in ks.args:
+            last_use[v] = i
+    free_after = [[v for v, i in last_use.items() if i == k and v not in keep] for k in range(len(kernels))]
+    return Executable(sched.graph, sched, kernels, free_after)
+
+
+_EXECUTABLES: dict[tuple, Executable] = {}
+
+
+def evaluate(graph: Graph, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The torch backend: every primitive's reference implementation, node by node."""
+    env: dict[Var, torch.Tensor] = dict(zip(graph.inputs, inputs))
+    device = inputs[0].device if inputs else torch.device("cpu")
+    for n in graph.nodes:
+        if n.prim.kind == "source":
+            env[n.out] = n.prim.impl(device=device, **n.params)
+        else:
+            env[n.out] = n.prim.impl(*[env[v] for v in n.inputs], **n.params)
+    return [env[v] for v in graph.outputs]
+
+
+def executable_for(graph: Graph, inputs: list[torch.Tensor], backend: str) -> Executable:
+    key = (graph.pretty(), tuple((tuple(t.stride()), t.device.type) for t in inputs), backend)
+    if key not in _EXECUTABLES:
+        _EXECUTABLES[key] = build(graph, inputs, interpret=(backend == "interpreter"))
+    return _EXECUTABLES[key]
+
+
+def execute(graph: Graph, inputs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Runs a traced graph on concrete inputs (arguments, then constants) with the chosen backend."""
+    backend = backend_for(device)
+    if backend == "torch":
+        return evaluate(graph, inputs)
+    inputs = [t.detach() for t in inputs]
+    return executable_for(graph, inputs, backend)(inputs)

@@ -1,0 +1,618 @@
+"""Tracing: run the user's function on `Tracer` tensors and record a Graph of primitives.
+
+A Tracer is a tensor subclass with no storage.  Every ATen op that reaches it (torch has already
+reduced the user's Python to ATen, and decomposed the implicit composites) is looked up in
+`LOWERINGS`, which expresses it with primitives; ops without a lowering are decomposed with
+torch's own decomposition table, and anything else is refused with an error naming the op.
+Shapes and dtypes of every ATen result come from running the op on meta tensors, so broadcasting
+and type promotion are torch's own.  Tensors that are not tracers of this trace (closures, module
+parameters, tracers of an enclosing trace) become constant inputs of the graph, read at each call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch._decomp.decompositions  # noqa: F401  (fills the decomposition table)
+import torch._refs  # noqa: F401
+import torch._refs.nn.functional  # noqa: F401
+from torch._decomp import decomposition_table
+from torch.utils import _pytree as pytree
+
+from . import primitives as P
+from .graph import Graph, Node, Var
+
+aten = torch.ops.aten
+prims_ops = torch.ops.prims
+
+
+class Builder:
+    """Accumulates the nodes of one graph; the small op library below builds on `emit`."""
+
+    def __init__(self, level: int, device: torch.device):
+        self.level = level
+        self.device = device
+        self.inputs: list[Var] = []
+        self.nodes: list[Node] = []
+        self.const_vars: dict[int, Var] = {}        # id(tensor) -> var
+        self.const_values: list[torch.Tensor] = []
+
+    def emit(self, prim: P.Primitive, inputs: list[Var], **params) -> Var:
+        shape, dtype = prim.shape_rule(*[(v.shape, v.dtype) for v in inputs], **params)
+        out = Var(shape, dtype)
+        self.nodes.append(Node(prim, list(inputs), params, out, no_grad=not torch.is_grad_enabled()))
+        return out
+
+    def const(self, t: torch.Tensor) -> Var:
+        if id(t) not in self.const_vars:
+            if t.device != self.device and t.dim() == 0:
+                t = t.to(self.device)  # a 0-d CPU tensor mixes with any device, as in torch
+            elif t.device != self.device:
+                raise RuntimeError(
+                    f"Expected all tensors to be on the same device, but found at least two devices, "
+                    f"{self.device} and {t.device}!")
+            v = Var(t.shape, t.dtype)
+            self.const_vars[id(t)] = v
+            self.const_values.append(t)
+        return self.const_vars[id(t)]
+
+    # -- a small op library over vars ---------------------------------------------------------
+    def full(self, value, dtype: torch.dtype, shape=()) -> Var:
+        v = self.emit(P.full, [], value=value, shape=(), dtype=dtype)
+        return self.broadcast_to(v, tuple(shape))
+
+    def cast(self, v: Var, dtype: torch.dtype) -> Var:
+        return v if v.dtype == dtype else self.emit(P.convert, [v], dtype=dtype)
+
+    def broadcast_to(self, v: Var, shape: tuple[int, ...]) -> Var:
+        shape = tuple(shape)
+        if v.shape == shape:
+            return v
+        lead = len(shape) - len(v.shape)
+        return self.emit(P.broadcast_in_dim, [v], shape=shape, dims=tuple(range(lead, len(shape))))
+
+    def reshape(self, v: Var, shape) -> Var:
+        shape = tuple(shape)
+        return v if v.shape == shape else self.emit(P.reshape, [v], shape=shape)
+
+    def transpose(self, v: Var, perm) -> Var:
+        perm = tuple(perm)
+        return v if perm == tuple(range(len(perm))) else self.emit(P.transpose, [v], perm=perm)
+
+    def reduce(self, prim: P.Primitive, v: Var, axes, keepdim: bool = False) -> Var:
+        axes = tuple(sorted({a % max(len(v.shape), 1) for a in axes})) if v.shape else ()
+        out = self.emit(prim, [v], axes=axes)
+        if keepdim:
+            out = self.reshape(out, tuple(1 if i in axes else s for i, s in enumerate(v.shape)))
+        return out
+
+    def operand(self, x, dtype: torch.dtype, shape) -> Var:
+        """A tensor or Python scalar operand, cast to `dtype` and broadcast to `shape`."""
+        v = self.full(x, dtype) if not isinstance(x, Var) else self.cast(x, dtype)
+        return self.broadcast_to(v, shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tracers and the trace stack (nested transforms trace inside one another).
+
+_TRACE_STACK: list[Builder] = []
+
+
+class Tracer(torch.Tensor):
+    _builder: Builder
+    _var: Var
+
+    @staticmethod
+    def __new__(cls, builder: Builder, var: Var):
+        t = torch.Tensor._make_wrapper_subclass(cls, var.shape, dtype=var.dtype, device=builder.device)
+        t._builder, t._var = builder, var
+        t._is_view = t._has_views = t._is_input = False
+        return t
+
+    def __repr__(self, *, tensor_contents=None) -> str:
+        return f"Tracer({self._var.type_str})"
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        return _dispatch(func, args, kwargs or {})
+
+
+def _innermost_builder(args, kwargs) -> Builder:
+    builders = [a._builder for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, Tracer)]
+    b = max(builders, key=lambda b: b.level)
+    if not any(b is s for s in _TRACE_STACK):
+        raise RuntimeError("tritonfunc: a traced tensor escaped the function that created it "
+                           "(it was stored outside and used after the transform returned)")
+    return b
+
+
+def _to_meta(x):
+    if isinstance(x, torch.Tensor):
+        return torch.empty(x.shape, dtype=x.dtype, device="meta")
+    return x
+
+
+def _dispatch(func, args, kwargs):
+    b = _innermost_builder(args, kwargs)
+    name = func.overloadpacket.__name__
+    if func in _DATA_DEPENDENT:
+        raise RuntimeError(
+            f"tritonfunc: {func} reads a traced value on the host (.item(), bool(), data-dependent "
+            f"Python control flow); traced functions must be data-independent")
+    lowering = LOWERINGS.get(func) or LOWERINGS.get(func.overloadpacket)
+    if lowering is None and name.endswith("_") and not name.startswith("_"):
+        return _inplace(b, func, args, kwargs)
+    if lowering is None:
+        decomp = decomposition_table.get(func)
+        if decomp is None:
+            raise NotImplementedError(f"tritonfunc: operator {func} is not supported")
+        return decomp(*args, **kwargs)
+    out_meta = func(*pytree.tree_map(_to_meta, args), **pytree.tree_map(_to_meta, kwargs))
+
+    def as_var(x):
+        if isinstance(x, Tracer) and x._builder is b:
+            return x._var
+        if isinstance(x, torch.Tensor):
+            return b.const(x)
+        return x
+
+    out = lowering(b, out_meta, *pytree.tree_map(as_var, args), **pytree.tree_map(as_var, kwargs))
+    result = pytree.tree_map(lambda v: Tracer(b, v) if isinstance(v, Var) else v, out)
+    if func in _VIEW_OPS and isinstance(args[0], Tracer):
+        args[0]._has_views = True
+        for r in result if isinstance(result, (list, tuple)) else [result]:
+            r._is_view = True
+    return result
+
+
+def _inplace(b: Builder, func, args, kwargs):
+    """Runs `x.op_(...)` as `x = x.op(...)` when nothing else can observe the mutation."""
+    target = args[0]
+    name = func.overloadpacket.__name__
+    functional = getattr(aten, name[:-1], None)
+    if functional is None or not isinstance(target, Tracer) or target._builder is not b:
+        raise NotImplementedError(f"tritonfunc: in-place operator {func} is not supported here")
+    if target._is_input or target._is_view or target._has_views:
+        raise NotImplementedError(
+            f"tritonfunc: in-place operator {func} on an input or a view is not supported; "
+            f"use the out-of-place operator instead")
+    overload = getattr(functional, func._overloadname, None) or functional.default
+    result = overload(*args, **kwargs)
+    if result.shape != target.shape:
+        raise RuntimeError(f"tritonfunc: in-place {func} would change the shape of its operand")
+    target._var = b.cast(result._var, target.dtype)
+    return target
+
+
+_DATA_DEPENDENT = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.equal.default,
+                   aten.nonzero.default}
+
+# ---------------------------------------------------------------------------------------------
+# ATen -> primitives.  Each lowering gets the builder, the op's meta result, then the op's args
+# with tracers replaced by vars.
+
+LOWERINGS: dict[Any, Callable] = {}
+_VIEW_OPS: set = set()
+
+
+def lowers(*ops, view=False):
+    def register(fn):
+        for op in ops:
+            LOWERINGS[op] = fn
+            if view:
+                _VIEW_OPS.update([op] if not hasattr(op, "overloads") else
+                                 [getattr(op, o) for o in op.overloads()])
+        return fn
+    return register
+
+
+def _unary(prim):
+    return lambda b, out, x: b.emit(prim, [b.cast(x, out.dtype)])
+
+
+for _op, _prim in [
+    (aten.neg, P.neg), (aten.abs, P.abs_), (aten.exp, P.exp), (aten.log, P.log), (aten.log1p, P.log1p),
+    (aten.expm1, P.expm1), (aten.sin, P.sin), (aten.cos, P.cos), (aten.tan, P.tan),
+    (aten.tanh, P.tanh), (aten.sigmoid, P.sigmoid), (aten.sqrt, P.sqrt), (aten.rsqrt, P.rsqrt),
+    (aten.reciprocal, P.reciprocal), (aten.erf, P.erf), (aten.floor, P.floor), (aten.ceil, P.ceil),
+    (aten.sign, P.sign), (aten.logical_not, P.logical_not),
+]:
+    LOWERINGS[_op] = _unary(_prim)
+
+
+@lowers(aten.exp2)
+def _exp2(b, out, x):
+    x = b.cast(x, out.dtype)
+    return b.emit(P.exp, [b.emit(P.mul, [x, b.full(math.log(2.0), out.dtype, x.shape)])])
+
+
+def _log_base(base):
+    return lambda b, out, x: b.emit(
+        P.mul, [b.emit(P.log, [b.cast(x, out.dtype)]), b.full(1.0 / math.log(base), out.dtype, out.shape)])
+
+
+LOWERINGS[aten.log2] = _log_base(2.0)
+LOWERINGS[aten.log10] = _log_base(10.0)
+
+
+@lowers(aten.relu)
+def _relu(b, out, x):
+    return b.emit(P.maximum, [x, b.full(0, x.dtype, x.shape)])
+
+
+@lowers(aten.real, aten.alias, aten.clone, aten.lift_fresh, aten.contiguous)
+def _identity(b, out, x, *args, **kwargs):
+    return x
+
+
+@lowers(aten.detach)
+def _detach(b, out, x):
+    return b.emit(P.stop_gradient, [x])
+
+
+def _binary(prim, compare=False):
+    def lower(b, out, a, c, *, alpha=1):
+        dtype = torch.result_type(_scalar_or_meta(a), _scalar_or_meta(c)) if compare else out.dtype
+        if alpha != 1:
+            c = b.emit(P.mul, [b.operand(c, dtype, out.shape), b.full(alpha, dtype, out.shape)])
+        return b.emit(prim, [b.operand(a, dtype, out.shape), b.operand(c, dtype, out.shape)])
+    return lower
+
+
+def _scalar_or_meta(x):
+    return torch.empty(x.shape, dtype=x.dtype, device="meta") if isinstance(x, Var) else x
+
+
+for _op, _prim in [(aten.add, P.add), (aten.sub, P.sub), (aten.mul, P.mul), (aten.maximum, P.maximum),
+                   (aten.minimum, P.minimum), (aten.atan2, P.atan2), (aten.logical_and, P.logical_and),
+                   (aten.logical_or, P.logical_or)]:
+    LOWERINGS[_op] = _binary(_prim)
+for _op, _prim in [(aten.eq, P.eq), (aten.ne, P.ne), (aten.lt, P.lt), (aten.le, P.le), (aten.gt, P.gt),
+                   (aten.ge, P.ge)]:
+    LOWERINGS[_op] = _binary(_prim, compare=True)
+
+
+@lowers(aten.rsub)
+def _rsub(b, out, a, c, *, alpha=1):
+    return _binary(P.sub)(b, out, c, a, alpha=1) if alpha == 1 else _binary(P.sub)(
+        b, out, c, _binary(P.mul)(b, out, a, alpha))
+
+
+@lowers(aten.div)
+def _div(b, out, a, c, *, rounding_mode=None):
+    ftype = out.dtype if out.dtype.is_floating_point else torch.float64
+    q = b.emit(P.div, [b.operand(a, ftype, out.shape), b.operand(c, ftype, out.shape)])
+    if rounding_mode == "floor":
+        q = b.emit(P.floor, [q])
+    elif rounding_mode == "trunc":
+        zero = b.full(0, ftype, out.shape)
+        q = b.emit(P.where, [b.emit(P.lt, [q, zero]), b.emit(P.ceil, [q]), b.emit(P.floor, [q])])
+    return b.cast(q, out.dtype)
+
+
+@lowers(aten.floor_divide)
+def _floor_divide(b, out, a, c):
+    return _div(b, out, a, c, rounding_mode="floor")
+
+
+@lowers(aten.remainder)
+def _remainder(b, out, a, c):
+    ftype = out.dtype if out.dtype.is_floating_point else torch.float64
+    a, c = b.operand(a, ftype, out.shape), b.operand(c, ftype, out.shape)
+    q = b.emit(P.floor, [b.emit(P.div, [a, c])])
+    return b.cast(b.emit(P.sub, [a, b.emit(P.mul, [q, c])]), out.dtype)
+
+
+@lowers(aten.pow)
+def _pow(b, out, base, exponent):
+    ftype = out.dtype if out.dtype.is_floating_point else torch.float64
+    if not isinstance(exponent, Var) and isinstance(base, Var):
+        x = b.operand(base, ftype, out.shape)
+        e = float(exponent)
+        if e == 0:
+            return b.full(1, out.dtype, out.shape)
+        if e == 1:
+            return b.cast(x, out.dtype)
+        if e == 2:
+            return b.cast(b.emit(P.mul, [x, x]), out.dtype)
+        if e == 0.5:
+            return b.cast(b.emit(P.sqrt, [x]), out.dtype)
+        if e == -1:
+            return b.cast(b.emit(P.reciprocal, [x]), out.dtype)
+    return b.cast(b.emit(P.pow_, [b.operand(base, ftype, out.shape), b.operand(exponent, ftype, out.shape)]),
+                  out.dtype)
+
+
+@lowers(aten.where)
+def _where(b, out, cond, a, c):
+    return b.emit(P.where, [b.operand(cond, torch.bool, out.shape), b.operand(a, out.dtype, out.shape),
+                            b.operand(c, out.dtype, out.shape)])
+
+
+@lowers(aten.masked_fill)
+def _masked_fill(b, out, x, mask, value):
+    return _where(b, out, mask, value, x)
+
+
+@lowers(aten.clamp, aten.clamp_min, aten.clamp_max)
+def _clamp(b, out, x, lo=None, hi=None):
+    y = b.operand(x, out.dtype, out.shape)
+    if lo is not None:
+        y = b.emit(P.maximum, [y, b.operand(lo, out.dtype, out.shape)])
+    if hi is not None:
+        y = b.emit(P.minimum, [y, b.operand(hi, out.dtype, out.shape)])
+    return y
+
+
+LOWERINGS[aten.clamp_max] = lambda b, out, x, hi: _clamp(b, out, x, None, hi)
+
+
+@lowers(aten._to_copy, aten.to, prims_ops.convert_element_type)
+def _to_copy(b, out, x, *args, **kwargs):
+    if out.device.type != "meta" and out.device != b.device:
+        raise NotImplementedError("tritonfunc: moving a traced tensor to another device is not supported")
+    return b.cast(x, out.dtype)
+
+
+@lowers(aten.zeros_like, aten.ones_like, aten.empty_like, aten.full_like, aten.new_zeros,
+        aten.new_ones, aten.new_empty, aten.new_full)
+def _fill_like(b, out, *args, **kwargs):
+    return b.full(0, out.dtype, out.shape)
+
+
+LOWERINGS[aten.ones_like] = lambda b, out, *a, **k: b.full(1, out.dtype, out.shape)
+LOWERINGS[aten.new_ones] = LOWERINGS[aten.ones_like]
+LOWERINGS[aten.full_like] = lambda b, out, x, value, **k: b.full(value, out.dtype, out.shape)
+LOWERINGS[aten.new_full] = lambda b, out, x, size, value, **k: b.full(value, out.dtype, out.shape)
+
+
+# -- reductions ---------------------------------------------------------------------------------
+
+def _dims(x: Var, dim) -> tuple[int, ...]:
+    if dim is None or (isinstance(dim, (list, tuple)) and len(dim) == 0):
+        return tuple(range(len(x.shape)))
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    return tuple(d % max(len(x.shape), 1) for d in dims) if x.shape else ()
+
+
+def _reduction(prim):
+    def lower(b, out, x, dim=None, keepdim=False, *, dtype=None):
+        x = b.cast(x, out.dtype)
+        return b.reshape(b.reduce(prim, x, _dims(x, dim), keepdim), out.shape)
+    return lower
+
+
+LOWERINGS[aten.sum] = _reduction(P.reduce_sum)
+LOWERINGS[aten.amax] = LOWERINGS[aten.max.default] = _reduction(P.reduce_max)
+LOWERINGS[aten.amin] = LOWERINGS[aten.min.default] = _reduction(P.reduce_min)
+LOWERINGS[aten.any] = LOWERINGS[aten.any.default] = _reduction(P.reduce_max)
+LOWERINGS[aten.all] = LOWERINGS[aten.all.default] = _reduction(P.reduce_min)
+
+
+@lowers(aten.prod)
+def _prod(b, out, x, dim=None, keepdim=False, *, dtype=None):
+    return _reduction(P.reduce_prod)(b, out, x, dim, keepdim)
+
+
+@lowers(aten.mean)
+def _mean(b, out, x, dim=None, keepdim=False, *, dtype=None):
+    x = b.cast(x, out.dtype)
+    axes = _dims(x, dim)
+    s = b.reshape(b.reduce(P.reduce_sum, x, axes, keepdim), out.shape)
+    count = math.prod(x.shape[a] for a in axes)
+    return b.emit(P.div, [s, b.full(count, out.dtype, out.shape)])
+
+
+@lowers(aten.var, aten.std)
+def _var(b, out, x, dim=None, *, correction=None, keepdim=False):
+    dtype = out.dtype
+    x = b.cast(x, dtype)
+    axes = _dims(x, dim)
+    count = math.prod(x.shape[a] for a in axes)
+    total = b.reduce(P.reduce_sum, x, axes, keepdim=True)
+    mean = b.emit(P.div, [total, b.full(count, dtype, total.shape)])
+    centered = b.emit(P.sub, [x, b.broadcast_to(mean, x.shape)])
+    ss = b.reshape(b.reduce(P.reduce_sum, b.emit(P.mul, [centered, centered]), axes, keepdim), out.shape)
+    dof = count - (1 if correction is None else correction)
+    var = b.emit(P.div, [ss, b.full(max(dof, 0), dtype, out.shape)])
+    return var
+
+
+LOWERINGS[prims_ops.var] = lambda b, out, x, dims, correction=1, *, output_dtype=None: _var(
+    b, out, x, dims, correction=correction)
+LOWERINGS[aten.std] = lambda b, out, x, dim=None, **kw: b.emit(P.sqrt, [_var(b, out, x, dim, **kw)])
+
+
+@lowers(aten.native_layer_norm)
+def _layer_norm(b, out, x, normalized_shape, weight, bias, eps):
+    dtype = out[0].dtype
+    x = b.cast(x, dtype)
+    axes = tuple(range(len(x.shape) - len(normalized_shape), len(x.shape)))
+    count = math.prod(x.shape[a] for a in axes)
+    stat_shape = out[1].shape
+    mean = b.emit(P.div, [b.reduce(P.reduce_sum, x, axes, keepdim=True), b.full(count, dtype, stat_shape)])
+    centered = b.emit(P.sub, [x, b.broadcast_to(mean, x.shape)])
+    var = b.emit(P.div, [b.reduce(P.reduce_sum, b.emit(P.mul, [centered, centered]), axes, keepdim=True),
+                         b.full(count, dtype, stat_shape)])
+    rstd = b.emit(P.rsqrt, [b.emit(P.add, [var, b.full(eps, dtype, stat_shape)])])
+    y = b.emit(P.mul, [centered, b.broadcast_to(rstd, x.shape)])
+    if weight is not None:
+        y = b.emit(P.mul, [y, b.operand(weight, dtype, x.shape)])
+    if bias is not None:
+        y = b.emit(P.add, [y, b.operand(bias, dtype, x.shape)])
+    return y, mean, rstd
+
+
+# -- shapes -------------------------------------------------------------------------------------
+
+@lowers(aten.view, aten._unsafe_view, aten.reshape, prims_ops.reshape, view=True)
+def _view(b, out, x, shape):
+    return b.reshape(x, out.shape)
+
+
+@lowers(aten.expand, view=True)
+def _expand(b, out, x, size, *, implicit=False):
+    return b.broadcast_to(x, out.shape)
+
+
+@lowers(prims_ops.broadcast_in_dim)
+def _prims_broadcast(b, out, x, shape, dims):
+    return b.emit(P.broadcast_in_dim, [x], shape=tuple(out.shape), dims=tuple(dims))
+
+
+@lowers(aten.permute, view=True)
+def _permute(b, out, x, dims):
+    return b.transpose(x, [d % len(x.shape) for d in dims])
+
+
+@lowers(aten.transpose, view=True)
+def _transpose(b, out, x, d0, d1):
+    perm = list(range(len(x.shape)))
+    if perm:
+        d0, d1 = d0 % len(perm), d1 % len(perm)
+        perm[d0], perm[d1] = perm[d1], perm[d0]
+    return b.transpose(x, perm)
+
+
+@lowers(aten.t, view=True)
+def _t(b, out, x):
+    return b.transpose(x, list(range(len(x.shape)))[::-1])
+
+
+@lowers(aten.unsqueeze, aten.squeeze, prims_ops.squeeze, view=True)
+def _reshape_like(b, out, x, *args):
+    return b.reshape(x, out.shape)
+
+
+@lowers(aten.slice, view=True)
+def _slice(b, out, x, dim=0, start=None, end=None, step=1):
+    dim = dim % len(x.shape)
+    size = x.shape[dim]
+    start, end, _ = slice(start, end, step).indices(size)
+    end = max(end, start)
+    starts, stops, steps = [0] * len(x.shape), list(x.shape), [1] * len(x.shape)
+    starts[dim], stops[dim], steps[dim] = start, end, step
+    return b.emit(P.slice_, [x], start=tuple(starts), stop=tuple(stops), step=tuple(steps))
+
+
+@lowers(aten.select, view=True)
+def _select(b, out, x, dim, index):
+    dim = dim % len(x.shape)
+    index = index % x.shape[dim] if -x.shape[dim] <= index < x.shape[dim] else index
+    sl = _slice(b, None, x, dim, index, index + 1, 1)
+    return b.reshape(sl, out.shape)
+
+
+@lowers(aten.split, aten.split_with_sizes, view=True)
+def _split(b, out, x, sizes, dim=0):
+    dim = dim % len(x.shape)
+    pieces, start = [], 0
+    for o in out:
+        n = o.shape[dim]
+        pieces.append(_slice(b, None, x, dim, start, start + n, 1))
+        start += n
+    return pieces
+
+
+@lowers(aten.unbind, view=True)
+def _unbind(b, out, x, dim=0):
+    return [_select(b, o, x, dim, i) for i, o in enumerate(out)]
+
+
+@lowers(aten.cat)
+def _cat(b, out, tensors, dim=0):
+    parts = [b.cast(t, out.dtype) for t in tensors if not (len(t.shape) == 1 and t.shape[0] == 0)]
+    if len(parts) == 1:
+        return parts[0]
+    return b.emit(P.concatenate, parts, axis=dim % len(out.shape))
+
+
+# -- contractions, as a broadcast multiply and a reduction (memory-bound, but it fuses) -----------
+
+def _matmul_vars(b, a: Var, c: Var, dtype) -> Var:
+    """[..., M, K] @ [..., K, N] with equal batch dims -> [..., M, N]."""
+    *batch, m, k = a.shape
+    n = c.shape[-1]
+    nb = len(batch)
+    full_shape = (*batch, m, k, n)
+    a3 = b.emit(P.broadcast_in_dim, [b.cast(a, dtype)], shape=full_shape, dims=(*range(nb), nb, nb + 1))
+    c3 = b.emit(P.broadcast_in_dim, [b.cast(c, dtype)], shape=full_shape, dims=(*range(nb), nb + 1, nb + 2))
+    return b.reduce(P.reduce_sum, b.emit(P.mul, [a3, c3]), (nb + 1,))
+
+
+@lowers(aten.mm, aten.bmm)
+def _mm(b, out, a, c):
+    return _matmul_vars(b, a, c, out.dtype)
+
+
+@lowers(aten.mv)
+def _mv(b, out, a, v):
+    return b.reshape(_matmul_vars(b, a, b.reshape(v, (v.shape[0], 1)), out.dtype), out.shape)
+
+
+@lowers(aten.dot)
+def _dot(b, out, a, c):
+    return b.reduce(P.reduce_sum, b.emit(P.mul, [b.cast(a, out.dtype), b.cast(c, out.dtype)]), (0,))
+
+
+@lowers(aten.addmm)
+def _addmm(b, out, bias, a, c, *, beta=1, alpha=1):
+    prod = _matmul_vars(b, a, c, out.dtype)
+    if alpha != 1:
+        prod = b.emit(P.mul, [prod, b.full(alpha, out.dtype, out.shape)])
+    bias = b.operand(bias, out.dtype, out.shape)
+    if beta != 1:
+        bias = b.emit(P.mul, [bias, b.full(beta, out.dtype, out.shape)])
+    return b.emit(P.add, [bias, prod]) if beta != 0 else prod
+
+
+# ---------------------------------------------------------------------------------------------
+# The entry point.
+
+def trace(fn: Callable, args: tuple, kwargs: dict | None = None, *, device=None):
+    """Traces fn(*args, **kwargs).  Tensor leaves of args become graph inputs, in flattened order.
+
+    Returns (graph, out_spec, out_leaves) where out_leaves holds the output's non-tensor leaves
+    (None where a leaf is a graph output).
+    """
+    kwargs = kwargs or {}
+    leaves, in_spec = pytree.tree_flatten((args, kwargs))
+    tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
+    if device is None:
+        device = tensors[0].device if tensors else torch.device("cpu")
+    level = (_TRACE_STACK[-1].level + 1) if _TRACE_STACK else 0
+    b = Builder(level, torch.device(device))
+    wrapped = []
+    for x in leaves:
+        if isinstance(x, torch.Tensor):
+            v = Var(x.shape, x.dtype)
+            b.inputs.append(v)
+            t = Tracer(b, v)
+            t._is_input = True
+            wrapped.append(t)
+        else:
+            wrapped.append(x)
+    targs, tkwargs = pytree.tree_unflatten(wrapped, in_spec)
+    _TRACE_STACK.append(b)
+    try:
+        with torch.enable_grad():  # a no_grad around the transform does not reach inside it
+            out = fn(*targs, **tkwargs)
+    finally:
+        _TRACE_STACK.pop()
+    out_leaves, out_spec = pytree.tree_flatten(out)
+    outputs, statics = [], []
+    for x in out_leaves:
+        if isinstance(x, Tracer) and x._builder is b:
+            outputs.append(x._var)
+            statics.append(None)
+        elif isinstance(x, torch.Tensor):
+            outputs.append(b.const(x))
+            statics.append(None)
+        else:
+            statics.append(x)
+    graph = Graph(b.inputs + [b.const_vars[id(t)] for t in b.const_values], b.nodes, outputs,
+                  num_consts=len(b.const_values), const_values=list(b.const_values))
+    return graph, out_spec, statics
