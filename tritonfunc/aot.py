@@ -26,8 +26,13 @@ def _start() -> subprocess.Popen:
     if _worker is None or _worker.poll() is not None:
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-        _worker = subprocess.Popen([sys.executable, "-m", "tritonfunc.aot", "--serve"], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, text=True, env=env)
+        _worker = subprocess.Popen(
+            [sys.executable, "-m", "tritonfunc.aot", "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         atexit.register(_worker.kill)
     return _worker
 
@@ -41,8 +46,9 @@ def compile_sm90(path: str, name: str, signature: tuple) -> dict:
         worker.stdin.flush()
         reply = json.loads(worker.stdout.readline() or '{"error": "the sm_90 compile worker died"}')
     if "error" in reply:
-        raise RuntimeError(f"tritonfunc: generated kernel {name} ({path}) does not compile for sm_90:\n"
-                           f"{reply['error']}")
+        raise RuntimeError(
+            f"tritonfunc: generated kernel {name} ({path}) does not compile for sm_90:\n{reply['error']}"
+        )
     return reply
 
 
@@ -56,8 +62,12 @@ def _compile_here(path: str, name: str, signature: dict) -> dict:
     spec.loader.exec_module(module)
     compiled = triton.compile(ASTSource(getattr(module, name), signature, {}), target=GPUTarget("cuda", 90, 32))
     meta = compiled.metadata
-    return {"registers": getattr(compiled, "n_regs", None), "spills": getattr(compiled, "n_spills", None),
-            "shared": getattr(meta, "shared", None), "num_warps": getattr(meta, "num_warps", None)}
+    return {
+        "registers": getattr(compiled, "n_regs", None),
+        "spills": getattr(compiled, "n_spills", None),
+        "shared": getattr(meta, "shared", None),
+        "num_warps": getattr(meta, "num_warps", None),
+    }
 
 
 def _serve():

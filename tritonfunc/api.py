@@ -53,8 +53,11 @@ def explain(fn: Callable) -> Callable[..., str]:
         parts = ["# graph", graph.pretty(), "", f"# {len(sched.kernels)} kernel(s)"]
         for i, kernel in enumerate(sched.kernels):
             ks = generate(kernel, strides)
-            parts += ["", f"## kernel {i}: {ks.name}  grid={ks.grid}  bytes read={ks.bytes_read} "
-                          f"written={ks.bytes_written}", ks.source]
+            parts += [
+                "",
+                f"## kernel {i}: {ks.name}  grid={ks.grid}  bytes read={ks.bytes_read} written={ks.bytes_written}",
+                ks.source,
+            ]
         return "\n".join(parts)
 
     return explained

@@ -20,20 +20,34 @@ from .graph import Var
 from .indexing import contiguous_strides, ravel
 from .schedule import MAX_ROW_TILE, Entry, Kernel
 
-POINTWISE_BLOCK = 1024   # elements per program of a pointwise kernel
-ROW_TILE = 4096          # elements per program of a row kernel (BLOCK_R * BLOCK_C)
-LOOP_BLOCK_C = 1024      # column block of a looping row kernel
+POINTWISE_BLOCK = 1024  # elements per program of a pointwise kernel
+ROW_TILE = 4096  # elements per program of a row kernel (BLOCK_R * BLOCK_C)
+LOOP_BLOCK_C = 1024  # column block of a looping row kernel
 # Counting distinct addresses evaluates every index of a launch; above this, assume each element once.
 BYTE_COUNT_LIMIT = 1 << 22
 
 _TL = {
-    torch.float64: "tl.float64", torch.float32: "tl.float32", torch.float16: "tl.float16",
-    torch.bfloat16: "tl.bfloat16", torch.int64: "tl.int64", torch.int32: "tl.int32",
-    torch.int16: "tl.int16", torch.int8: "tl.int8", torch.uint8: "tl.uint8", torch.bool: "tl.int1",
+    torch.float64: "tl.float64",
+    torch.float32: "tl.float32",
+    torch.float16: "tl.float16",
+    torch.bfloat16: "tl.bfloat16",
+    torch.int64: "tl.int64",
+    torch.int32: "tl.int32",
+    torch.int16: "tl.int16",
+    torch.int8: "tl.int8",
+    torch.uint8: "tl.uint8",
+    torch.bool: "tl.int1",
 }
 _SIG = {
-    torch.float64: "fp64", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
-    torch.int64: "i64", torch.int32: "i32", torch.int16: "i16", torch.int8: "i8", torch.uint8: "u8",
+    torch.float64: "fp64",
+    torch.float32: "fp32",
+    torch.float16: "fp16",
+    torch.bfloat16: "bf16",
+    torch.int64: "i64",
+    torch.int32: "i32",
+    torch.int16: "i16",
+    torch.int8: "i8",
+    torch.uint8: "u8",
     torch.bool: "i1",
 }
 _HALF = (torch.float16, torch.bfloat16)
@@ -48,7 +62,7 @@ def tl_dtype(dtype: torch.dtype) -> str:
     return _TL[dtype]
 
 
-HEADER = '''import triton
+HEADER = """import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
@@ -81,17 +95,17 @@ def _round_bf16(x):
     bits = bits + 0x7FFF + ((bits >> 16) & 1)
     rounded = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
     return tl.where(x != x, x.to(tl.bfloat16), rounded)
-'''
+"""
 
 
 @dataclass
 class KernelSource:
     name: str
     source: str
-    args: list[Var]                  # pointer arguments: loads, then stores
+    args: list[Var]  # pointer arguments: loads, then stores
     num_loads: int
     grid: tuple[int, ...]
-    signature: dict[str, str]        # for ahead-of-time compilation
+    signature: dict[str, str]  # for ahead-of-time compilation
     bytes_read: int
     bytes_written: int
 
@@ -123,7 +137,7 @@ class _Emitter:
         self.loads = kernel.loads
         self.stores = [v for v, _ in kernel.stores]
         self.arg_name = {v: f"in{i}" for i, v in enumerate(self.loads)}
-        self.names: dict[int, tuple[str, bool]] = {}    # id(entry) -> (register, varies with c)
+        self.names: dict[int, tuple[str, bool]] = {}  # id(entry) -> (register, varies with c)
         self.counter = 0
 
     def fresh(self, prefix: str = "v") -> str:
@@ -156,8 +170,11 @@ class _Emitter:
                 return args[0]
             if node.prim is P.convert and node.out.dtype in _HALF:
                 rounded = "_round_bf16" if node.out.dtype == torch.bfloat16 else ""
-                text = f"{rounded}({args[0]}.to(tl.float32).to({_TL[node.out.dtype]})).to(tl.float32)" \
-                    if not rounded else f"_round_bf16({args[0]}.to(tl.float32)).to(tl.float32)"
+                text = (
+                    f"{rounded}({args[0]}.to(tl.float32).to({_TL[node.out.dtype]})).to(tl.float32)"
+                    if not rounded
+                    else f"_round_bf16({args[0]}.to(tl.float32)).to(tl.float32)"
+                )
             else:
                 text = node.prim.lower(args, node, entry.index)
         name = self.fresh()
@@ -219,7 +236,7 @@ def _rows_body(em: _Emitter, kernel: Kernel, body: list[str], pid: str):
     block_r = min(_pow2(d.size), max(1, ROW_TILE // block_c))
     grid = (math.ceil(d.size / block_r),)
     body += [f"r = {pid} * {block_r} + tl.arange(0, {block_r})[:, None]", f"rmask = r < {d.size}"]
-    reductions = [e for e in kernel.entries if e.op == "reduce"]   # dependencies first
+    reductions = [e for e in kernel.entries if e.op == "reduce"]  # dependencies first
     per_element = [(v, e) for v, e in kernel.stores if "c" in _index_deps(e)]
     per_row = [(v, e) for v, e in kernel.stores if "c" not in _index_deps(e)]
     if not looping:  # the whole row is one tile: straight-line code
@@ -253,8 +270,11 @@ def _rows_body(em: _Emitter, kernel: Kernel, body: list[str], pid: str):
                 passes[v] = passes.get(v, 0) + 1
         body += pre
         body.append(f"for c0 in range(0, {d.cols}, {block_c}):")
-        body += [f"    c = c0 + tl.arange(0, {block_c})[None, :]", f"    cmask = c < {d.cols}",
-                 "    mask = rmask & cmask"]
+        body += [
+            f"    c = c0 + tl.arange(0, {block_c})[None, :]",
+            f"    cmask = c < {d.cols}",
+            "    mask = rmask & cmask",
+        ]
         body += ["    " + line for line in inner]
         em.forget_column_values()
         for item, acc in accumulators:
@@ -270,8 +290,9 @@ def _mentions(line: str, name: str) -> bool:
     return re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", line) is not None
 
 
-def _finish_reduction(em: _Emitter, entry: Entry, value: str, body: list[str], block_r: int, block_c: int,
-                      accumulated=False):
+def _finish_reduction(
+    em: _Emitter, entry: Entry, value: str, body: list[str], block_r: int, block_c: int, accumulated=False
+):
     rule = P.REDUCTIONS[entry.node.prim.name]
     dtype = entry.var.dtype
     ident = P._literal(rule.identity(dtype), dtype)

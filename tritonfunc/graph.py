@@ -19,9 +19,16 @@ _ids = itertools.count()
 
 def _short_dtype(dtype: torch.dtype) -> str:
     return {
-        torch.float64: "f64", torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16",
-        torch.int64: "i64", torch.int32: "i32", torch.int16: "i16", torch.int8: "i8",
-        torch.uint8: "u8", torch.bool: "bool",
+        torch.float64: "f64",
+        torch.float32: "f32",
+        torch.float16: "f16",
+        torch.bfloat16: "bf16",
+        torch.int64: "i64",
+        torch.int32: "i32",
+        torch.int16: "i16",
+        torch.int8: "i8",
+        torch.uint8: "u8",
+        torch.bool: "bool",
     }.get(dtype, str(dtype).replace("torch.", ""))
 
 
@@ -62,10 +69,10 @@ class Node:
 
 @dataclass(eq=False)
 class Graph:
-    inputs: list[Var]            # traced arguments first, then captured constants
+    inputs: list[Var]  # traced arguments first, then captured constants
     nodes: list[Node]
     outputs: list[Var]
-    num_consts: int = 0          # how many of `inputs` (at the end) are captured constants
+    num_consts: int = 0  # how many of `inputs` (at the end) are captured constants
     const_values: list[torch.Tensor] = field(default_factory=list)
 
     @property
@@ -74,7 +81,7 @@ class Graph:
 
     @property
     def const_inputs(self) -> list[Var]:
-        return self.inputs[len(self.inputs) - self.num_consts:]
+        return self.inputs[len(self.inputs) - self.num_consts :]
 
     def producers(self) -> dict[Var, Node]:
         return {n.out: n for n in self.nodes}

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Term:
-    base: str                 # an iteration variable, or a parenthesised opaque expression
-    extent: int | None        # base takes values in [0, extent) on the lanes that matter
-    deps: frozenset[str]      # iteration variables the base depends on
+    base: str  # an iteration variable, or a parenthesised opaque expression
+    extent: int | None  # base takes values in [0, extent) on the lanes that matter
+    deps: frozenset[str]  # iteration variables the base depends on
     div: int = 1
     mod: int | None = None
     coef: int = 1

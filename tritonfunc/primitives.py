@@ -27,10 +27,10 @@ Shape = tuple[int, ...]
 @dataclass(eq=False)
 class Primitive:
     name: str
-    kind: str                                    # elementwise | view | reduction | source
+    kind: str  # elementwise | view | reduction | source
     shape_rule: Callable[..., tuple[Shape, torch.dtype]]
-    impl: Callable[..., torch.Tensor]            # reference implementation with torch ops
-    lower: Callable[..., str] | None = None      # Triton expression text
+    impl: Callable[..., torch.Tensor]  # reference implementation with torch ops
+    lower: Callable[..., str] | None = None  # Triton expression text
     index_rule: Callable[..., list[Index]] | None = None  # view primitives: operand indices
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -57,11 +57,17 @@ def _same(*avals, **_):
 # ---------------------------------------------------------------------------------------------
 # Elementwise unary.  `lower` receives the operand expressions and the node.
 
+
 def _unary(name: str, torch_fn: Callable, tl_expr: str) -> Primitive:
-    return _register(Primitive(
-        name, "elementwise", _same, lambda x: torch_fn(x),
-        lower=lambda args, node, index: tl_expr.format(x=args[0]),
-    ))
+    return _register(
+        Primitive(
+            name,
+            "elementwise",
+            _same,
+            lambda x: torch_fn(x),
+            lower=lambda args, node, index: tl_expr.format(x=args[0]),
+        )
+    )
 
 
 neg = _unary("neg", torch.neg, "(-{x})")
@@ -78,7 +84,8 @@ sigmoid = _unary("sigmoid", torch.sigmoid, "tl.sigmoid({x})")
 # fp32 tl.sqrt is approximate on the GPU; sqrt_rn is IEEE-rounded but fp32-only, fp64 sqrt is exact.
 sqrt = _unary("sqrt", torch.sqrt, "tl.sqrt_rn({x})")
 sqrt.lower = lambda args, node, index: (
-    f"tl.sqrt({args[0]})" if node.out.dtype == torch.float64 else f"tl.sqrt_rn({args[0]})")
+    f"tl.sqrt({args[0]})" if node.out.dtype == torch.float64 else f"tl.sqrt_rn({args[0]})"
+)
 # fp64 tl.rsqrt is approximate on the GPU (TRITON_NOTES.md), so divide by an exact sqrt.
 rsqrt = _unary("rsqrt", torch.rsqrt, "")
 rsqrt.lower = lambda args, node, index: f"(1.0 / {sqrt.lower(args, node, index)})"
@@ -87,8 +94,9 @@ erf = _unary("erf", torch.erf, "tl.erf({x})")
 floor = _unary("floor", torch.floor, "tl.floor({x})")
 ceil = _unary("ceil", torch.ceil, "tl.ceil({x})")
 # sign keeps NaN, as torch.sign does.
-sign = _unary("sign", torch.sign,
-              "tl.where({x} > 0, 1.0, tl.where({x} < 0, -1.0, tl.where({x} == 0, 0.0, {x}))).to({x}.dtype)")
+sign = _unary(
+    "sign", torch.sign, "tl.where({x} > 0, 1.0, tl.where({x} < 0, -1.0, tl.where({x} == 0, 0.0, {x}))).to({x}.dtype)"
+)
 logical_not = _unary("logical_not", torch.logical_not, "({x} == 0)")
 # Identity on values; autodiff gives it a zero derivative (x.detach() inside the function).
 stop_gradient = _unary("stop_gradient", torch.Tensor.detach, "{x}")
@@ -97,15 +105,21 @@ stop_gradient = _unary("stop_gradient", torch.Tensor.detach, "{x}")
 # ---------------------------------------------------------------------------------------------
 # Elementwise binary and ternary.
 
+
 def _binary(name: str, torch_fn: Callable, tl_expr: str, out_dtype: torch.dtype | None = None) -> Primitive:
     def shape_rule(a, b, **_):
         shape, dtype = _same(a, b)
         return shape, out_dtype or dtype
 
-    return _register(Primitive(
-        name, "elementwise", shape_rule, lambda a, b: torch_fn(a, b),
-        lower=lambda args, node, index: tl_expr.format(a=args[0], b=args[1]),
-    ))
+    return _register(
+        Primitive(
+            name,
+            "elementwise",
+            shape_rule,
+            lambda a, b: torch_fn(a, b),
+            lower=lambda args, node, index: tl_expr.format(a=args[0], b=args[1]),
+        )
+    )
 
 
 add = _binary("add", torch.add, "({a} + {b})")
@@ -131,10 +145,15 @@ def _where_shape(c, a, b, **_):
     return _same(a, b)
 
 
-where = _register(Primitive(
-    "where", "elementwise", _where_shape, torch.where,
-    lower=lambda args, node, index: f"tl.where({args[0]}, {args[1]}, {args[2]})",
-))
+where = _register(
+    Primitive(
+        "where",
+        "elementwise",
+        _where_shape,
+        torch.where,
+        lower=lambda args, node, index: f"tl.where({args[0]}, {args[1]}, {args[2]})",
+    )
+)
 
 
 def _convert_lower(args, node, index):
@@ -145,14 +164,20 @@ def _convert_lower(args, node, index):
     return f"{args[0]}.to({tl_dtype(node.out.dtype)})"
 
 
-convert = _register(Primitive(
-    "convert", "elementwise", lambda x, *, dtype: (x[0], dtype),
-    lambda x, *, dtype: x.to(dtype), lower=_convert_lower,
-))
+convert = _register(
+    Primitive(
+        "convert",
+        "elementwise",
+        lambda x, *, dtype: (x[0], dtype),
+        lambda x, *, dtype: x.to(dtype),
+        lower=_convert_lower,
+    )
+)
 
 
 # ---------------------------------------------------------------------------------------------
 # Sources: values that read no operand.
+
 
 def _full_impl(*, value, shape, dtype, device=None):
     return torch.full(shape, value, dtype=dtype, device=device)
@@ -171,10 +196,15 @@ def _literal(value, dtype: torch.dtype) -> str:
     return f"tl.full([], {text}, {tl_dtype(dtype)})"
 
 
-full = _register(Primitive(
-    "full", "source", lambda *, value, shape, dtype: (tuple(shape), dtype), _full_impl,
-    lower=lambda args, node, index: _literal(node.params["value"], node.out.dtype),
-))
+full = _register(
+    Primitive(
+        "full",
+        "source",
+        lambda *, value, shape, dtype: (tuple(shape), dtype),
+        _full_impl,
+        lower=lambda args, node, index: _literal(node.params["value"], node.out.dtype),
+    )
+)
 
 
 def _iota_impl(*, shape, dim, dtype, device=None):
@@ -193,13 +223,20 @@ def _iota_lower(args, node, index):
     return f"({i.render()}).to({tl_dtype(node.out.dtype)})"
 
 
-iota = _register(Primitive(
-    "iota", "source", lambda *, shape, dim, dtype: (tuple(shape), dtype), _iota_impl, lower=_iota_lower,
-))
+iota = _register(
+    Primitive(
+        "iota",
+        "source",
+        lambda *, shape, dim, dtype: (tuple(shape), dtype),
+        _iota_impl,
+        lower=_iota_lower,
+    )
+)
 
 
 # ---------------------------------------------------------------------------------------------
 # Views: lowered to index rules, so they move no data inside a kernel.
+
 
 def _broadcast_shape(x, *, shape, dims):
     assert len(dims) == len(x[0]) and all(x[0][i] in (1, shape[d]) for i, d in enumerate(dims)), (x, shape, dims)
@@ -218,9 +255,15 @@ def _broadcast_index(node, index):
     return [tuple(Idx.of(0) if x.shape[i] == 1 else index[d] for i, d in enumerate(node.params["dims"]))]
 
 
-broadcast_in_dim = _register(Primitive(
-    "broadcast_in_dim", "view", _broadcast_shape, _broadcast_impl, index_rule=_broadcast_index,
-))
+broadcast_in_dim = _register(
+    Primitive(
+        "broadcast_in_dim",
+        "view",
+        _broadcast_shape,
+        _broadcast_impl,
+        index_rule=_broadcast_index,
+    )
+)
 
 
 def _reshape_shape(x, *, shape):
@@ -228,10 +271,15 @@ def _reshape_shape(x, *, shape):
     return tuple(shape), x[1]
 
 
-reshape = _register(Primitive(
-    "reshape", "view", _reshape_shape, lambda x, *, shape: x.reshape(shape),
-    index_rule=lambda node, index: [reshape_index(index, node.out.shape, node.inputs[0].shape)],
-))
+reshape = _register(
+    Primitive(
+        "reshape",
+        "view",
+        _reshape_shape,
+        lambda x, *, shape: x.reshape(shape),
+        index_rule=lambda node, index: [reshape_index(index, node.out.shape, node.inputs[0].shape)],
+    )
+)
 
 
 def _transpose_index(node, index):
@@ -242,23 +290,32 @@ def _transpose_index(node, index):
     return [tuple(src)]
 
 
-transpose = _register(Primitive(
-    "transpose", "view",
-    lambda x, *, perm: (tuple(x[0][p] for p in perm), x[1]),
-    lambda x, *, perm: x.permute(perm), index_rule=_transpose_index,
-))
+transpose = _register(
+    Primitive(
+        "transpose",
+        "view",
+        lambda x, *, perm: (tuple(x[0][p] for p in perm), x[1]),
+        lambda x, *, perm: x.permute(perm),
+        index_rule=_transpose_index,
+    )
+)
 
 
 def _slice_shape(x, *, start, stop, step):
     return tuple(max(0, -(-(e - s) // st)) for s, e, st in zip(start, stop, step)), x[1]
 
 
-slice_ = _register(Primitive(
-    "slice", "view", _slice_shape,
-    lambda x, *, start, stop, step: x[tuple(slice(s, e, st) for s, e, st in zip(start, stop, step))],
-    index_rule=lambda node, index: [tuple(
-        i * st + s for i, s, st in zip(index, node.params["start"], node.params["step"]))],
-))
+slice_ = _register(
+    Primitive(
+        "slice",
+        "view",
+        _slice_shape,
+        lambda x, *, start, stop, step: x[tuple(slice(s, e, st) for s, e, st in zip(start, stop, step))],
+        index_rule=lambda node, index: [
+            tuple(i * st + s for i, s, st in zip(index, node.params["start"], node.params["step"]))
+        ],
+    )
+)
 
 
 def _concat_shape(*xs, axis):
@@ -282,7 +339,7 @@ def _concat_index(node, index):
     for v, off in zip(node.inputs, _concat_offsets(node)):
         size = v.shape[axis]
         clamped = opaque(f"tl.minimum(tl.maximum({(i + (-off)).render()}, 0), {size - 1})", size, i.deps)
-        out.append(index[:axis] + (clamped,) + index[axis + 1:])
+        out.append(index[:axis] + (clamped,) + index[axis + 1 :])
     return out
 
 
@@ -294,20 +351,27 @@ def _concat_lower(args, node, index):
     return expr
 
 
-concatenate = _register(Primitive(
-    "concatenate", "view", _concat_shape, lambda *xs, axis: torch.cat(xs, axis),
-    lower=_concat_lower, index_rule=_concat_index,
-))
+concatenate = _register(
+    Primitive(
+        "concatenate",
+        "view",
+        _concat_shape,
+        lambda *xs, axis: torch.cat(xs, axis),
+        lower=_concat_lower,
+        index_rule=_concat_index,
+    )
+)
 
 
 # ---------------------------------------------------------------------------------------------
 # Reductions over a tuple of axes.  The codegen reduces a [rows, cols] tile with these pieces.
 
+
 @dataclass(frozen=True)
 class ReductionRule:
-    identity: Callable[[torch.dtype], Any]   # neutral element, as a Python scalar
-    combine: str                             # accumulate two tiles elementwise: {a}, {b}
-    finish: str                              # reduce a tile along axis 1: {acc}
+    identity: Callable[[torch.dtype], Any]  # neutral element, as a Python scalar
+    combine: str  # accumulate two tiles elementwise: {a}, {b}
+    finish: str  # reduce a tile along axis 1: {acc}
 
 
 def _reduce_shape(x, *, axes):
@@ -327,6 +391,7 @@ def _torch_reduce(fn):
         if not axes:
             return x.clone()
         return fn(x, axes)
+
     return impl
 
 
@@ -345,14 +410,24 @@ def _reduction(name, torch_fn, rule: ReductionRule) -> Primitive:
 
 
 # tl.max/tl.min drop NaNs, torch propagates them: `_nan_max` (in the kernel header) restores that.
-reduce_sum = _reduction("reduce_sum", lambda x, a: x.sum(a), ReductionRule(
-    lambda d: 0, "({a} + {b})", "tl.sum({acc}, axis=1, keep_dims=True)"))
-reduce_max = _reduction("reduce_max", lambda x, a: x.amax(a), ReductionRule(
-    _lowest, "tl.maximum({a}, {b}, propagate_nan=tl.PropagateNan.ALL)", "_nan_max({acc})"))
-reduce_min = _reduction("reduce_min", lambda x, a: x.amin(a), ReductionRule(
-    _highest, "tl.minimum({a}, {b}, propagate_nan=tl.PropagateNan.ALL)", "_nan_min({acc})"))
-reduce_prod = _reduction("reduce_prod", _prod, ReductionRule(
-    lambda d: 1, "({a} * {b})", "tl.reduce({acc}, 1, _mul, keep_dims=True)"))
+reduce_sum = _reduction(
+    "reduce_sum",
+    lambda x, a: x.sum(a),
+    ReductionRule(lambda d: 0, "({a} + {b})", "tl.sum({acc}, axis=1, keep_dims=True)"),
+)
+reduce_max = _reduction(
+    "reduce_max",
+    lambda x, a: x.amax(a),
+    ReductionRule(_lowest, "tl.maximum({a}, {b}, propagate_nan=tl.PropagateNan.ALL)", "_nan_max({acc})"),
+)
+reduce_min = _reduction(
+    "reduce_min",
+    lambda x, a: x.amin(a),
+    ReductionRule(_highest, "tl.minimum({a}, {b}, propagate_nan=tl.PropagateNan.ALL)", "_nan_min({acc})"),
+)
+reduce_prod = _reduction(
+    "reduce_prod", _prod, ReductionRule(lambda d: 1, "({a} * {b})", "tl.reduce({acc}, 1, _mul, keep_dims=True)")
+)
 
 
 def shape_of(prim: Primitive, in_avals: list[tuple[Shape, torch.dtype]], params: dict) -> tuple[Shape, torch.dtype]:

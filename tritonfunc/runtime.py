@@ -57,8 +57,9 @@ def backend_for(device: torch.device) -> str:
     if name not in BACKENDS:
         raise ValueError(f"tritonfunc: unknown backend {name!r} in TRITONFUNC_BACKEND")
     if name == "triton" and device.type != "cuda":
-        raise RuntimeError("tritonfunc: the 'triton' backend needs CUDA tensors; on the CPU use "
-                           "'interpreter' or 'torch'")
+        raise RuntimeError(
+            "tritonfunc: the 'triton' backend needs CUDA tensors; on the CPU use 'interpreter' or 'torch'"
+        )
     if name == "interpreter" and device.type != "cpu":
         raise RuntimeError("tritonfunc: the 'interpreter' backend runs on CPU tensors")
     return name
@@ -66,6 +67,7 @@ def backend_for(device: torch.device) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Launch records.
+
 
 @dataclass
 class Launch:
@@ -110,9 +112,11 @@ def record_launches():
 # ---------------------------------------------------------------------------------------------
 # Loading kernels.
 
+
 def cache_dir() -> Path:
     root = os.environ.get("TRITONFUNC_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "tritonfunc")
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "tritonfunc"
+    )
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -196,11 +200,12 @@ def install_interpreter_support():
                 out = np.asarray(np_fn(*data)).astype(tensors[0].handle.data.dtype)
             ty = tl.block_type(dtype, list(out.shape)) if out.ndim else dtype
             return tl.tensor(TensorHandle(out, dtype), ty)
+
         return fn
 
     from math import erf as _unused  # noqa: F401
-    table = {"tanh": np.tanh, "log1p": np.log1p, "expm1": np.expm1, "tan": np.tan, "pow": np.power,
-             "atan2": np.arctan2}
+
+    table = {"tanh": np.tanh, "log1p": np.log1p, "expm1": np.expm1, "tan": np.tan, "pow": np.power, "atan2": np.arctan2}
     for name, np_fn in table.items():
         setattr(libdevice, name, numpy_extern(getattr(libdevice, name), np_fn))
 
@@ -208,18 +213,19 @@ def install_interpreter_support():
 # ---------------------------------------------------------------------------------------------
 # Executables: a scheduled graph with its kernels loaded, run on fresh inputs.
 
+
 @dataclass
 class Executable:
     graph: Graph
     schedule: Schedule
     kernels: list[tuple[KernelSource, object]]
-    free_after: list[list[Var]]       # buffers no later kernel needs, per kernel
+    free_after: list[list[Var]]  # buffers no later kernel needs, per kernel
 
     def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         env: dict[Var, torch.Tensor] = dict(zip(self.graph.inputs, inputs))
         device = inputs[0].device if inputs else torch.device("cpu")
         for (ks, fn), dead in zip(self.kernels, self.free_after):
-            for v in ks.args[ks.num_loads:]:
+            for v in ks.args[ks.num_loads :]:
                 env[v] = torch.empty(v.shape, dtype=v.dtype, device=device)
             if ks.grid[0] > 0:
                 fn[ks.grid](*[env[v] for v in ks.args])

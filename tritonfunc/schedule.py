@@ -28,6 +28,7 @@ MAX_ROW_TILE = 4096
 # ---------------------------------------------------------------------------------------------
 # Graph simplification.
 
+
 def _param_key(p):
     if isinstance(p, float):
         return ("float", repr(p))
@@ -43,8 +44,12 @@ def simplify(graph: Graph) -> Graph:
     nodes: list[Node] = []
     for n in graph.nodes:
         inputs = [rename.get(v, v) for v in n.inputs]
-        key = (n.prim.name, tuple(v.id for v in inputs), n.no_grad,
-               tuple(sorted((k, _param_key(p)) for k, p in n.params.items())))
+        key = (
+            n.prim.name,
+            tuple(v.id for v in inputs),
+            n.no_grad,
+            tuple(sorted((k, _param_key(p)) for k, p in n.params.items())),
+        )
         if key in seen:
             rename[n.out] = seen[key]
             continue
@@ -63,30 +68,32 @@ def simplify(graph: Graph) -> Graph:
 # ---------------------------------------------------------------------------------------------
 # Kernel plans.
 
+
 @dataclass(frozen=True)
 class Domain:
-    kind: str          # "pointwise" | "rows"
-    size: int          # N (pointwise) or R (rows)
-    cols: int = 1      # C (rows)
+    kind: str  # "pointwise" | "rows"
+    size: int  # N (pointwise) or R (rows)
+    cols: int = 1  # C (rows)
 
 
 @dataclass(eq=False)
 class Entry:
     """One value computed at one index inside a kernel."""
+
     var: Var
     index: Index
-    op: str                        # "load" | "node" | "reduce"
+    op: str  # "load" | "node" | "reduce"
     node: Node | None
     inputs: list[Entry]
-    deps: frozenset[str]           # iteration variables the value varies with
-    stage: int                     # reductions on the longest chain ending here (row kernels)
+    deps: frozenset[str]  # iteration variables the value varies with
+    stage: int  # reductions on the longest chain ending here (row kernels)
 
 
 @dataclass(eq=False)
 class Kernel:
     domain: Domain
     stores: list[tuple[Var, Entry]] = field(default_factory=list)
-    entries: list[Entry] = field(default_factory=list)    # dependencies before users
+    entries: list[Entry] = field(default_factory=list)  # dependencies before users
 
     @property
     def loads(self) -> list[Var]:
@@ -225,7 +232,7 @@ def _domain_for(var: Var, reductions: list[Node]) -> Domain:
 class Schedule:
     graph: Graph
     kernels: list[Kernel]
-    materialized: list[Var]       # values some kernel stores, in order
+    materialized: list[Var]  # values some kernel stores, in order
 
 
 def schedule(graph: Graph) -> Schedule:

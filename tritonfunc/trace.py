@@ -37,7 +37,7 @@ class Builder:
         self.device = device
         self.inputs: list[Var] = []
         self.nodes: list[Node] = []
-        self.const_vars: dict[int, Var] = {}        # id(tensor) -> var
+        self.const_vars: dict[int, Var] = {}  # id(tensor) -> var
         self.const_values: list[torch.Tensor] = []
 
     def emit(self, prim: P.Primitive, inputs: list[Var], **params) -> Var:
@@ -53,7 +53,8 @@ class Builder:
             elif t.device != self.device:
                 raise RuntimeError(
                     f"Expected all tensors to be on the same device, but found at least two devices, "
-                    f"{self.device} and {t.device}!")
+                    f"{self.device} and {t.device}!"
+                )
             v = Var(t.shape, t.dtype)
             self.const_vars[id(t)] = v
             self.const_values.append(t)
@@ -124,8 +125,10 @@ def _innermost_builder(args, kwargs) -> Builder:
     builders = [a._builder for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, Tracer)]
     b = max(builders, key=lambda b: b.level)
     if not any(b is s for s in _TRACE_STACK):
-        raise RuntimeError("tritonfunc: a traced tensor escaped the function that created it "
-                           "(it was stored outside and used after the transform returned)")
+        raise RuntimeError(
+            "tritonfunc: a traced tensor escaped the function that created it "
+            "(it was stored outside and used after the transform returned)"
+        )
     return b
 
 
@@ -141,7 +144,8 @@ def _dispatch(func, args, kwargs):
     if func in _DATA_DEPENDENT:
         raise RuntimeError(
             f"tritonfunc: {func} reads a traced value on the host (.item(), bool(), data-dependent "
-            f"Python control flow); traced functions must be data-independent")
+            f"Python control flow); traced functions must be data-independent"
+        )
     lowering = LOWERINGS.get(func) or LOWERINGS.get(func.overloadpacket)
     if lowering is None and name.endswith("_") and not name.startswith("_"):
         return _inplace(b, func, args, kwargs)
@@ -178,7 +182,8 @@ def _inplace(b: Builder, func, args, kwargs):
     if target._is_input or target._is_view or target._has_views:
         raise NotImplementedError(
             f"tritonfunc: in-place operator {func} on an input or a view is not supported; "
-            f"use the out-of-place operator instead")
+            f"use the out-of-place operator instead"
+        )
     overload = getattr(functional, func._overloadname, None) or functional.default
     result = overload(*args, **kwargs)
     if result.shape != target.shape:
@@ -187,8 +192,7 @@ def _inplace(b: Builder, func, args, kwargs):
     return target
 
 
-_DATA_DEPENDENT = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.equal.default,
-                   aten.nonzero.default}
+_DATA_DEPENDENT = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.equal.default, aten.nonzero.default}
 
 # ---------------------------------------------------------------------------------------------
 # ATen -> primitives.  Each lowering gets the builder, the op's meta result, then the op's args
@@ -203,9 +207,9 @@ def lowers(*ops, view=False):
         for op in ops:
             LOWERINGS[op] = fn
             if view:
-                _VIEW_OPS.update([op] if not hasattr(op, "overloads") else
-                                 [getattr(op, o) for o in op.overloads()])
+                _VIEW_OPS.update([op] if not hasattr(op, "overloads") else [getattr(op, o) for o in op.overloads()])
         return fn
+
     return register
 
 
@@ -214,11 +218,25 @@ def _unary(prim):
 
 
 for _op, _prim in [
-    (aten.neg, P.neg), (aten.abs, P.abs_), (aten.exp, P.exp), (aten.log, P.log), (aten.log1p, P.log1p),
-    (aten.expm1, P.expm1), (aten.sin, P.sin), (aten.cos, P.cos), (aten.tan, P.tan),
-    (aten.tanh, P.tanh), (aten.sigmoid, P.sigmoid), (aten.sqrt, P.sqrt), (aten.rsqrt, P.rsqrt),
-    (aten.reciprocal, P.reciprocal), (aten.erf, P.erf), (aten.floor, P.floor), (aten.ceil, P.ceil),
-    (aten.sign, P.sign), (aten.logical_not, P.logical_not),
+    (aten.neg, P.neg),
+    (aten.abs, P.abs_),
+    (aten.exp, P.exp),
+    (aten.log, P.log),
+    (aten.log1p, P.log1p),
+    (aten.expm1, P.expm1),
+    (aten.sin, P.sin),
+    (aten.cos, P.cos),
+    (aten.tan, P.tan),
+    (aten.tanh, P.tanh),
+    (aten.sigmoid, P.sigmoid),
+    (aten.sqrt, P.sqrt),
+    (aten.rsqrt, P.rsqrt),
+    (aten.reciprocal, P.reciprocal),
+    (aten.erf, P.erf),
+    (aten.floor, P.floor),
+    (aten.ceil, P.ceil),
+    (aten.sign, P.sign),
+    (aten.logical_not, P.logical_not),
 ]:
     LOWERINGS[_op] = _unary(_prim)
 
@@ -231,7 +249,8 @@ def _exp2(b, out, x):
 
 def _log_base(base):
     return lambda b, out, x: b.emit(
-        P.mul, [b.emit(P.log, [b.cast(x, out.dtype)]), b.full(1.0 / math.log(base), out.dtype, out.shape)])
+        P.mul, [b.emit(P.log, [b.cast(x, out.dtype)]), b.full(1.0 / math.log(base), out.dtype, out.shape)]
+    )
 
 
 LOWERINGS[aten.log2] = _log_base(2.0)
@@ -259,6 +278,7 @@ def _binary(prim, compare=False):
         if alpha != 1:
             c = b.emit(P.mul, [b.operand(c, dtype, out.shape), b.full(alpha, dtype, out.shape)])
         return b.emit(prim, [b.operand(a, dtype, out.shape), b.operand(c, dtype, out.shape)])
+
     return lower
 
 
@@ -266,19 +286,35 @@ def _scalar_or_meta(x):
     return torch.empty(x.shape, dtype=x.dtype, device="meta") if isinstance(x, Var) else x
 
 
-for _op, _prim in [(aten.add, P.add), (aten.sub, P.sub), (aten.mul, P.mul), (aten.maximum, P.maximum),
-                   (aten.minimum, P.minimum), (aten.atan2, P.atan2), (aten.logical_and, P.logical_and),
-                   (aten.logical_or, P.logical_or)]:
+for _op, _prim in [
+    (aten.add, P.add),
+    (aten.sub, P.sub),
+    (aten.mul, P.mul),
+    (aten.maximum, P.maximum),
+    (aten.minimum, P.minimum),
+    (aten.atan2, P.atan2),
+    (aten.logical_and, P.logical_and),
+    (aten.logical_or, P.logical_or),
+]:
     LOWERINGS[_op] = _binary(_prim)
-for _op, _prim in [(aten.eq, P.eq), (aten.ne, P.ne), (aten.lt, P.lt), (aten.le, P.le), (aten.gt, P.gt),
-                   (aten.ge, P.ge)]:
+for _op, _prim in [
+    (aten.eq, P.eq),
+    (aten.ne, P.ne),
+    (aten.lt, P.lt),
+    (aten.le, P.le),
+    (aten.gt, P.gt),
+    (aten.ge, P.ge),
+]:
     LOWERINGS[_op] = _binary(_prim, compare=True)
 
 
 @lowers(aten.rsub)
 def _rsub(b, out, a, c, *, alpha=1):
-    return _binary(P.sub)(b, out, c, a, alpha=1) if alpha == 1 else _binary(P.sub)(
-        b, out, c, _binary(P.mul)(b, out, a, alpha))
+    return (
+        _binary(P.sub)(b, out, c, a, alpha=1)
+        if alpha == 1
+        else _binary(P.sub)(b, out, c, _binary(P.mul)(b, out, a, alpha))
+    )
 
 
 @lowers(aten.div)
@@ -322,14 +358,19 @@ def _pow(b, out, base, exponent):
             return b.cast(b.emit(P.sqrt, [x]), out.dtype)
         if e == -1:
             return b.cast(b.emit(P.reciprocal, [x]), out.dtype)
-    return b.cast(b.emit(P.pow_, [b.operand(base, ftype, out.shape), b.operand(exponent, ftype, out.shape)]),
-                  out.dtype)
+    return b.cast(b.emit(P.pow_, [b.operand(base, ftype, out.shape), b.operand(exponent, ftype, out.shape)]), out.dtype)
 
 
 @lowers(aten.where)
 def _where(b, out, cond, a, c):
-    return b.emit(P.where, [b.operand(cond, torch.bool, out.shape), b.operand(a, out.dtype, out.shape),
-                            b.operand(c, out.dtype, out.shape)])
+    return b.emit(
+        P.where,
+        [
+            b.operand(cond, torch.bool, out.shape),
+            b.operand(a, out.dtype, out.shape),
+            b.operand(c, out.dtype, out.shape),
+        ],
+    )
 
 
 @lowers(aten.masked_fill)
@@ -357,8 +398,16 @@ def _to_copy(b, out, x, *args, **kwargs):
     return b.cast(x, out.dtype)
 
 
-@lowers(aten.zeros_like, aten.ones_like, aten.empty_like, aten.full_like, aten.new_zeros,
-        aten.new_ones, aten.new_empty, aten.new_full)
+@lowers(
+    aten.zeros_like,
+    aten.ones_like,
+    aten.empty_like,
+    aten.full_like,
+    aten.new_zeros,
+    aten.new_ones,
+    aten.new_empty,
+    aten.new_full,
+)
 def _fill_like(b, out, *args, **kwargs):
     return b.full(0, out.dtype, out.shape)
 
@@ -371,6 +420,7 @@ LOWERINGS[aten.new_full] = lambda b, out, x, size, value, **k: b.full(value, out
 
 # -- reductions ---------------------------------------------------------------------------------
 
+
 def _dims(x: Var, dim) -> tuple[int, ...]:
     if dim is None or (isinstance(dim, (list, tuple)) and len(dim) == 0):
         return tuple(range(len(x.shape)))
@@ -382,6 +432,7 @@ def _reduction(prim):
     def lower(b, out, x, dim=None, keepdim=False, *, dtype=None):
         x = b.cast(x, out.dtype)
         return b.reshape(b.reduce(prim, x, _dims(x, dim), keepdim), out.shape)
+
     return lower
 
 
@@ -422,7 +473,8 @@ def _var(b, out, x, dim=None, *, correction=None, keepdim=False):
 
 
 LOWERINGS[prims_ops.var] = lambda b, out, x, dims, correction=1, *, output_dtype=None: _var(
-    b, out, x, dims, correction=correction)
+    b, out, x, dims, correction=correction
+)
 LOWERINGS[aten.std] = lambda b, out, x, dim=None, **kw: b.emit(P.sqrt, [_var(b, out, x, dim, **kw)])
 
 
@@ -435,8 +487,13 @@ def _layer_norm(b, out, x, normalized_shape, weight, bias, eps):
     stat_shape = out[1].shape
     mean = b.emit(P.div, [b.reduce(P.reduce_sum, x, axes, keepdim=True), b.full(count, dtype, stat_shape)])
     centered = b.emit(P.sub, [x, b.broadcast_to(mean, x.shape)])
-    var = b.emit(P.div, [b.reduce(P.reduce_sum, b.emit(P.mul, [centered, centered]), axes, keepdim=True),
-                         b.full(count, dtype, stat_shape)])
+    var = b.emit(
+        P.div,
+        [
+            b.reduce(P.reduce_sum, b.emit(P.mul, [centered, centered]), axes, keepdim=True),
+            b.full(count, dtype, stat_shape),
+        ],
+    )
     rstd = b.emit(P.rsqrt, [b.emit(P.add, [var, b.full(eps, dtype, stat_shape)])])
     y = b.emit(P.mul, [centered, b.broadcast_to(rstd, x.shape)])
     if weight is not None:
@@ -447,6 +504,7 @@ def _layer_norm(b, out, x, normalized_shape, weight, bias, eps):
 
 
 # -- shapes -------------------------------------------------------------------------------------
+
 
 @lowers(aten.view, aten._unsafe_view, aten.reshape, prims_ops.reshape, view=True)
 def _view(b, out, x, shape):
@@ -532,6 +590,7 @@ def _cat(b, out, tensors, dim=0):
 
 # -- contractions, as a broadcast multiply and a reduction (memory-bound, but it fuses) -----------
 
+
 def _matmul_vars(b, a: Var, c: Var, dtype) -> Var:
     """[..., M, K] @ [..., K, N] with equal batch dims -> [..., M, N]."""
     *batch, m, k = a.shape
@@ -571,6 +630,7 @@ def _addmm(b, out, bias, a, c, *, beta=1, alpha=1):
 
 # ---------------------------------------------------------------------------------------------
 # The entry point.
+
 
 def trace(fn: Callable, args: tuple, kwargs: dict | None = None, *, device=None):
     """Traces fn(*args, **kwargs).  Tensor leaves of args become graph inputs, in flattened order.
@@ -613,6 +673,11 @@ def trace(fn: Callable, args: tuple, kwargs: dict | None = None, *, device=None)
             statics.append(None)
         else:
             statics.append(x)
-    graph = Graph(b.inputs + [b.const_vars[id(t)] for t in b.const_values], b.nodes, outputs,
-                  num_consts=len(b.const_values), const_values=list(b.const_values))
+    graph = Graph(
+        b.inputs + [b.const_vars[id(t)] for t in b.const_values],
+        b.nodes,
+        outputs,
+        num_consts=len(b.const_values),
+        const_values=list(b.const_values),
+    )
     return graph, out_spec, statics
