@@ -1,12 +1,12 @@
 """tritonfunc: torch.func's transforms, run as generated Triton kernels.
 
 The pipeline, one module per stage:
-    trace -> (transforms) -> schedule -> codegen -> runtime
+    trace -> transforms -> schedule -> codegen -> runtime
 with the primitives (and all their rules) in primitives.py and the graph in graph.py.
 """
 
-from .api import explain, jit
+from .api import explain, grad, grad_and_value, jit, jvp, linearize, vjp
 from .runtime import record_launches, set_backend
 
-__all__ = ["jit", "explain", "record_launches", "set_backend"]
+__all__ = ["jit", "explain", "record_launches", "set_backend", "grad", "grad_and_value", "vjp", "jvp", "linearize"]
 __version__ = "0.1.0"

@@ -1,25 +1,54 @@
-"""The public entry points.  For this stage: jit (the forward alone) and explain."""
+"""The public entry points, with torch.func's signatures, semantics and error messages.
+
+Every transform follows the same path: trace the user's function into a graph, rewrite the graph
+(transforms.py), then run it (runtime.py), or, when called on tracers inside another transform,
+record the rewritten graph into the enclosing trace (trace.inline) so transforms nest.
+"""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils import _pytree as pytree
 
 from . import runtime
 from .codegen import generate
+from .graph import Graph
 from .schedule import schedule
-from .trace import trace
+from .trace import inline, innermost_builder, trace
+from .transforms import jvp_graph, vjp_graph
+
+# ---------------------------------------------------------------------------------------------
+# Running graphs.
 
 
-def _tensor_leaves(args, kwargs) -> list[torch.Tensor]:
-    return [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
+def _tensor_leaves(tree) -> list[torch.Tensor]:
+    return [x for x in pytree.tree_leaves(tree) if isinstance(x, torch.Tensor)]
 
 
 def _device_of(tensors: list[torch.Tensor]) -> torch.device:
     return tensors[0].device if tensors else torch.device("cpu")
+
+
+def run_graph(graph: Graph, args: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Runs `graph` on tensors (its constants appended), or records it into an enclosing trace."""
+    inputs = list(args) + list(graph.const_values)
+    b = innermost_builder(inputs)
+    if b is not None:
+        return inline(b, graph, inputs)
+    return runtime.execute(graph, inputs, _device_of(inputs))
+
+
+def _outputs_only(graph: Graph, start: int, stop: int | None = None) -> Graph:
+    """The same graph keeping outputs[start:stop]; the scheduler drops what they do not need."""
+    return Graph(graph.inputs, graph.nodes, graph.outputs[start:stop], graph.num_consts, graph.const_values)
+
+
+# ---------------------------------------------------------------------------------------------
+# jit and explain: the forward alone.
 
 
 def jit(fn: Callable) -> Callable:
@@ -31,12 +60,10 @@ def jit(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        tensors = _tensor_leaves(args, kwargs)
-        device = _device_of(tensors)
-        graph, out_spec, statics = trace(fn, args, kwargs, device=device)
-        outs = iter(runtime.execute(graph, tensors + graph.const_values, device))
-        leaves = [next(outs) if s is None else s for s in statics]
-        return pytree.tree_unflatten(leaves, out_spec)
+        tensors = _tensor_leaves((args, kwargs))
+        graph, out_spec, statics = trace(fn, args, kwargs, device=_device_of(tensors))
+        outs = iter(run_graph(graph, tensors))
+        return pytree.tree_unflatten([next(outs) if s is None else s for s in statics], out_spec)
 
     return wrapper
 
@@ -45,7 +72,7 @@ def explain(fn: Callable) -> Callable[..., str]:
     """`explain(f)(*args)` returns the traced graph, its kernel groups and their Triton source."""
 
     def explained(*args, **kwargs) -> str:
-        tensors = _tensor_leaves(args, kwargs)
+        tensors = _tensor_leaves((args, kwargs))
         graph, _, _ = trace(fn, args, kwargs, device=_device_of(tensors))
         inputs = tensors + graph.const_values
         sched = schedule(graph)
@@ -61,3 +88,280 @@ def explain(fn: Callable) -> Callable[..., str]:
         return "\n".join(parts)
 
     return explained
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks, in torch.func's words.
+
+argnums_t = int | tuple[int, ...]
+
+
+def _wrap_argnum(argnum, num_args: int) -> int:
+    if not isinstance(argnum, int):
+        raise RuntimeError(f"argnum must be int, got: {type(argnum)}")
+    if 0 <= argnum < num_args:
+        return argnum
+    if -num_args <= argnum < 0:
+        return argnum + num_args
+    raise RuntimeError(f"Got argnum={argnum}, but only {num_args} positional inputs")
+
+
+def _check_argnums(argnums, num_args: int) -> argnums_t:
+    if isinstance(argnums, int):
+        return _wrap_argnum(argnums, num_args)
+    if not isinstance(argnums, tuple):
+        raise RuntimeError(f"argnums must be int or Tuple[int, ...], got: {type(argnums)}")
+    wrapped = tuple(_wrap_argnum(a, num_args) for a in argnums)
+    if len(wrapped) == 0:
+        raise RuntimeError("argnums must be non-empty")
+    if len(set(wrapped)) != len(wrapped):
+        raise RuntimeError(f"argnums elements must be unique, got {wrapped}")
+    return wrapped
+
+
+def _check_tensor_leaves(tree) -> None:
+    for x in pytree.tree_leaves(tree):
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"Thing passed to transform API must be Tensor, got {type(x)}")
+
+
+def _check_aux(aux) -> None:
+    for x in pytree.tree_leaves(aux):
+        if not isinstance(x, torch.Tensor):
+            raise RuntimeError(f"Expected tensors, got unsupported type {type(x)}")
+
+
+def _check_nonempty_tensor_output(flat: list, api: str) -> None:
+    if (len(flat) == 1 and flat[0] is None) or len(flat) < 1:
+        raise RuntimeError(f"{api}: Expected f to be a function that has non-empty output (got output = {flat})")
+    for o in flat:
+        if not isinstance(o, torch.Tensor):
+            raise RuntimeError(f"{api}: expected f(*primals) to return only tensors, got unsupported type {type(o)}")
+
+
+def _split_aux(out, has_aux: bool, api: str):
+    if not has_aux:
+        return out, None
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise RuntimeError(f"{api}: output of function f should be a tuple: (output, aux) if has_aux is True")
+    _check_aux(out[1])
+    return out
+
+
+def _as_tuple(argnums) -> tuple[int, ...]:
+    return (argnums,) if isinstance(argnums, int) else argnums
+
+
+def _child_spec(spec, i: int):
+    return spec.child(i) if hasattr(spec, "child") else spec.children_specs[i]
+
+
+def _arg_leaf_mask(args: tuple, kwargs: dict, selected: set[int]) -> list[bool]:
+    """Per tensor leaf of (args, kwargs), in trace input order: does it belong to a selected arg?"""
+    mask = []
+    for i, a in enumerate(args):
+        mask += [i in selected] * len(_tensor_leaves(a))
+    return mask + [False] * len(_tensor_leaves(kwargs))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reverse mode: vjp, grad_and_value, grad.
+
+
+def vjp(func: Callable, *primals, has_aux: bool = False):
+    """Returns (func(*primals), vjp_fn) or, with has_aux, (output, vjp_fn, aux)."""
+    _check_tensor_leaves(primals)
+    api = "vjp(f, *primals)"
+    spec_box = {}
+
+    def traced(*args):
+        out, aux = _split_aux(func(*args), has_aux, api)
+        flat, spec_box["out"] = pytree.tree_flatten(out)
+        _check_nonempty_tensor_output(flat, api)
+        for o in flat:
+            if not (o.is_floating_point() or o.is_complex()):
+                raise RuntimeError(
+                    f"vjp(f, ...): All outputs of f must be floating-point or complex Tensors, got Tensor "
+                    f"with dtype {o.dtype}"
+                )
+        spec_box["n_out"] = len(flat)
+        return (out, aux) if has_aux else out
+
+    tensors = _tensor_leaves(primals)
+    graph, full_spec, _ = trace(traced, primals, {}, device=_device_of(tensors))
+    results = run_graph(graph, tensors)
+    out_spec, n_out = spec_box["out"], spec_box["n_out"]
+    primals_out = pytree.tree_unflatten(results[:n_out], out_spec)
+    backward = vjp_graph(graph, [True] * len(tensors), ct_for=[True] * n_out + [False] * (len(results) - n_out))
+    backward = _outputs_only(backward, len(graph.outputs))
+    primal_specs = [pytree.tree_flatten(p)[1] for p in primals]
+    out_avals = [(v.shape, v.dtype) for v in graph.outputs[:n_out]]
+
+    def vjp_fn(cotangents, retain_graph: bool = True, create_graph: bool | None = None):
+        flat_ct, ct_spec = pytree.tree_flatten(cotangents)
+        if ct_spec != out_spec:
+            raise RuntimeError(
+                "Expected pytree structure of cotangents to be the same as pytree structure of outputs to the "
+                f"function. cotangents: {pytree.treespec_pprint(ct_spec)}, primal output: "
+                f"{pytree.treespec_pprint(out_spec)}"
+            )
+        cts = []
+        for i, (ct, (shape, dtype)) in enumerate(zip(flat_ct, out_avals)):
+            if tuple(ct.shape) != shape:
+                raise RuntimeError(
+                    f"Mismatch in shape: grad_output[{i}] has a shape of {ct.shape} and output[{i}] has a shape "
+                    f"of {torch.Size(shape)}."
+                )
+            cts.append(ct if ct.dtype == dtype else ct.to(dtype))
+        grads = iter(run_graph(backward, tensors + cts))
+        return tuple(pytree.tree_unflatten([next(grads) for _ in range(s.num_leaves)], s) for s in primal_specs)
+
+    if has_aux:
+        return primals_out, vjp_fn, pytree.tree_unflatten(results[n_out:], _child_spec(full_spec, 1))
+    return primals_out, vjp_fn
+
+
+def _grad_transform(func: Callable, argnums, has_aux: bool, with_value: bool) -> Callable:
+    api = "grad_and_value(f)(*args)"
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        selected = _check_argnums(argnums, len(args))
+        diff_args = args[selected] if isinstance(selected, int) else tuple(args[i] for i in selected)
+        _check_tensor_leaves(diff_args)
+
+        def traced(*a, **k):
+            out, aux = _split_aux(func(*a, **k), has_aux, api)
+            if not isinstance(out, torch.Tensor):
+                raise RuntimeError(f"{api}: Expected f(*args) to return a Tensor, got {type(out)}")
+            if out.dim() != 0:
+                raise RuntimeError(
+                    f"{api}: Expected f(*args) to return a scalar Tensor, got tensor with {out.dim()} dims. "
+                    "Maybe you wanted to use the vjp or jacrev APIs instead?"
+                )
+            return (out, aux)
+
+        tensors = _tensor_leaves((args, kwargs))
+        graph, out_spec, _ = trace(traced, args, kwargs, device=_device_of(tensors))
+        wrt = _arg_leaf_mask(args, kwargs, set(_as_tuple(selected)))
+        n = len(graph.outputs)
+        backward = vjp_graph(graph, wrt, ct_for=["ones"] + [False] * (n - 1))
+        # grad alone never computes the value: the backward kernels recompute what they need.
+        keep = 0 if with_value else 1
+        results = run_graph(_outputs_only(backward, keep), tensors)
+        value = results[0] if with_value else None
+        aux_leaves, grads = results[1 - keep : n - keep], iter(results[n - keep :])
+        # Cotangents come in argument order; the result follows argnums' order.
+        per_arg = {i: [next(grads) for _ in _tensor_leaves(args[i])] for i in sorted(_as_tuple(selected))}
+        grad = tuple(pytree.tree_unflatten(per_arg[i], pytree.tree_flatten(args[i])[1]) for i in _as_tuple(selected))
+        grad = grad[0] if isinstance(selected, int) else grad
+        aux = pytree.tree_unflatten(aux_leaves, _child_spec(out_spec, 1)) if has_aux else None
+        if with_value:
+            return (grad, (value, aux)) if has_aux else (grad, value)
+        return (grad, aux) if has_aux else grad
+
+    return wrapper
+
+
+def grad_and_value(func: Callable, argnums: argnums_t = 0, has_aux: bool = False) -> Callable:
+    """Returns a function computing (gradient, value), or (gradient, (value, aux)) with has_aux."""
+    return _grad_transform(func, argnums, has_aux, with_value=True)
+
+
+def grad(func: Callable, argnums: argnums_t = 0, has_aux: bool = False) -> Callable:
+    """The gradient of a scalar function with respect to the arguments in `argnums`."""
+    return _grad_transform(func, argnums, has_aux, with_value=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward mode: jvp, linearize.
+
+_JVP = "jvp(f, primals, tangents)"
+
+
+def _check_tensor_list(flat: list, api: str, argname: str) -> None:
+    if len(flat) == 0:
+        raise RuntimeError(f"{api}: Expected {argname} to contain at least one Tensor.")
+    for x in flat:
+        if not isinstance(x, torch.Tensor):
+            raise RuntimeError(f"{api}: Expected {argname} to only contain Tensors, got {type(x)}")
+
+
+def _trace_forward(func: Callable, primals: tuple, has_aux: bool, api: str):
+    spec_box = {}
+
+    def traced(*args):
+        out, aux = _split_aux(func(*args), has_aux, api)
+        flat, spec_box["out"] = pytree.tree_flatten(out)
+        _check_nonempty_tensor_output(flat, api)
+        spec_box["n_out"] = len(flat)
+        return (out, aux) if has_aux else out
+
+    tensors = _tensor_leaves(primals)
+    graph, full_spec, _ = trace(traced, primals, {}, device=_device_of(tensors))
+    return graph, full_spec, spec_box["out"], spec_box["n_out"]
+
+
+def jvp(func: Callable, primals: Any, tangents: Any, *, strict: bool = False, has_aux: bool = False):
+    """Returns (func(*primals), J @ tangents), or a 3-tuple with aux."""
+    if not isinstance(primals, tuple):
+        raise RuntimeError(f"{_JVP}: Expected primals to be a tuple. E.g. it should be valid to call f(*primals).")
+    flat_primals, primals_spec = pytree.tree_flatten(primals)
+    flat_tangents, tangents_spec = pytree.tree_flatten(tangents)
+    if primals_spec != tangents_spec:
+        raise RuntimeError(
+            f"{_JVP}: Expected primals and tangents to have the same python structure. For example, if primals "
+            f"is a tuple of 3 tensors, tangents also must be. Got primals with structure {primals_spec} and "
+            f"tangents with structure {tangents_spec}"
+        )
+    _check_tensor_list(flat_primals, _JVP, "primals")
+    _check_tensor_list(flat_tangents, _JVP, "tangents")
+    for p, t in zip(flat_primals, flat_tangents):
+        if p.shape != t.shape:
+            raise RuntimeError(
+                "Trying to set a forward gradient that has a different size than that of the original Tensor, "
+                f"this is not supported. Tensor is of size {list(p.shape)} while the given forward gradient is of "
+                f"size {list(t.shape)}."
+            )
+    graph, full_spec, out_spec, n_out = _trace_forward(func, primals, has_aux, _JVP)
+    forward, independent = jvp_graph(graph, [True] * len(flat_primals))
+    if strict and any(independent[:n_out]):
+        raise RuntimeError(
+            "jvp(f, primals, tangents, strict=True): The output of f is independent of the inputs. This is not "
+            "allowed with strict=True."
+        )
+    n = len(graph.outputs)
+    tangents_in = [t if t.dtype == p.dtype else t.to(p.dtype) for p, t in zip(flat_primals, flat_tangents)]
+    results = run_graph(_outputs_only(forward, 0, n + n_out), flat_primals + tangents_in)
+    primals_out = pytree.tree_unflatten(results[:n_out], out_spec)
+    tangents_out = pytree.tree_unflatten(results[n : n + n_out], out_spec)
+    if has_aux:
+        return primals_out, tangents_out, pytree.tree_unflatten(results[n_out:n], _child_spec(full_spec, 1))
+    return primals_out, tangents_out
+
+
+def linearize(func: Callable, *primals) -> tuple[Any, Callable]:
+    """Returns (func(*primals), jvp_fn) where jvp_fn(*tangents) is the JVP at primals."""
+    _check_tensor_leaves(primals)
+    flat_primals, primals_argspec = pytree.tree_flatten(primals)
+    graph, _, out_spec, n_out = _trace_forward(func, primals, False, "linearize(f, *primals)")
+    output = pytree.tree_unflatten(run_graph(graph, flat_primals), out_spec)
+    forward, _ = jvp_graph(graph, [True] * len(flat_primals))
+    tangent_graph = _outputs_only(forward, n_out)
+
+    def jvp_fn(*tangents):
+        flat_tangents, tangent_argspec = pytree.tree_flatten(tangents)
+        if tangent_argspec != primals_argspec:
+            raise RuntimeError(
+                f"Expected the tangents {tangent_argspec} to have the same argspec as the primals {primals_argspec}"
+            )
+        for idx, (t, p) in enumerate(zip(flat_tangents, flat_primals)):
+            for what in ("shape", "device", "dtype"):
+                if getattr(t, what) != getattr(p, what):
+                    raise RuntimeError(
+                        f"tangent:{idx} with {what} {getattr(t, what)} in flattened pytree doesn't match the "
+                        f"{what} {getattr(p, what)} of the corresponding primal."
+                    )
+        return pytree.tree_unflatten(run_graph(tangent_graph, flat_primals + flat_tangents), out_spec)
+
+    return output, jvp_fn

@@ -32,6 +32,17 @@ class Primitive:
     impl: Callable[..., torch.Tensor]  # reference implementation with torch ops
     lower: Callable[..., str] | None = None  # Triton expression text
     index_rule: Callable[..., list[Index]] | None = None  # view primitives: operand indices
+    # Autodiff.  A primitive has exactly one of:
+    #   deriv(b, node_inputs, out, **params) -> partial derivative per input (elementwise, not linear)
+    #   transpose(b, ct, node_inputs, out, **params) -> cotangent per input (linear: jvp applies the
+    #       primitive itself to the tangents)
+    #   jvp(b, primals, tangents, out, **params) and vjp(b, primals, out, ct, **params) (the rest)
+    #   nondiff = True: the output carries no derivative (comparisons, floor, iota, ...)
+    deriv: Callable | None = None
+    transpose: Callable | None = None
+    jvp: Callable | None = None
+    vjp: Callable | None = None
+    nondiff: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
@@ -101,6 +112,25 @@ logical_not = _unary("logical_not", torch.logical_not, "({x} == 0)")
 # Identity on values; autodiff gives it a zero derivative (x.detach() inside the function).
 stop_gradient = _unary("stop_gradient", torch.Tensor.detach, "{x}")
 
+# Derivatives of the unary primitives, d out / d x, written with primitives so they differentiate again.
+neg.transpose = lambda b, ct, ins, out: [b.neg(ct)]
+abs_.deriv = lambda b, ins, out: [b.sign(ins[0])]
+exp.deriv = lambda b, ins, out: [out]
+log.deriv = lambda b, ins, out: [b.reciprocal(ins[0])]
+log1p.deriv = lambda b, ins, out: [b.reciprocal(b.add(ins[0], b.like(out, 1)))]
+expm1.deriv = lambda b, ins, out: [b.add(out, b.like(out, 1))]
+sin.deriv = lambda b, ins, out: [b.cos(ins[0])]
+cos.deriv = lambda b, ins, out: [b.neg(b.sin(ins[0]))]
+tan.deriv = lambda b, ins, out: [b.add(b.like(out, 1), b.mul(out, out))]
+tanh.deriv = lambda b, ins, out: [b.sub(b.like(out, 1), b.mul(out, out))]
+sigmoid.deriv = lambda b, ins, out: [b.mul(out, b.sub(b.like(out, 1), out))]
+sqrt.deriv = lambda b, ins, out: [b.div(b.like(out, 0.5), out)]
+rsqrt.deriv = lambda b, ins, out: [b.mul(b.like(out, -0.5), b.div(out, ins[0]))]
+reciprocal.deriv = lambda b, ins, out: [b.neg(b.mul(out, out))]
+erf.deriv = lambda b, ins, out: [b.mul(b.like(out, 2 / math.sqrt(math.pi)), b.exp(b.neg(b.mul(ins[0], ins[0]))))]
+for _p in (floor, ceil, sign, logical_not, stop_gradient):
+    _p.nondiff = True
+
 
 # ---------------------------------------------------------------------------------------------
 # Elementwise binary and ternary.
@@ -138,6 +168,45 @@ gt = _binary("gt", torch.gt, "({a} > {b})", torch.bool)
 ge = _binary("ge", torch.ge, "({a} >= {b})", torch.bool)
 logical_and = _binary("logical_and", torch.logical_and, "({a} & {b})", torch.bool)
 logical_or = _binary("logical_or", torch.logical_or, "({a} | {b})", torch.bool)
+for _p in (eq, ne, lt, le, gt, ge, logical_and, logical_or):
+    _p.nondiff = True
+
+add.transpose = lambda b, ct, ins, out: [ct, ct]
+sub.transpose = lambda b, ct, ins, out: [ct, b.neg(ct)]
+mul.deriv = lambda b, ins, out: [ins[1], ins[0]]
+div.deriv = lambda b, ins, out: [b.reciprocal(ins[1]), b.neg(b.div(out, ins[1]))]
+atan2.deriv = lambda b, ins, out: [
+    b.div(ins[1], b.add(b.mul(ins[0], ins[0]), b.mul(ins[1], ins[1]))),
+    b.neg(b.div(ins[0], b.add(b.mul(ins[0], ins[0]), b.mul(ins[1], ins[1])))),
+]
+
+
+def _pow_deriv(b, ins, out):
+    # torch's conventions: d/dbase is 0 where exponent == 0; d/dexponent is 0 where base == 0 and
+    # exponent >= 0 (instead of 0 * log(0) = nan).
+    x, y = ins
+    zero = b.like(out, 0)
+    d_base = b.where(b.eq(y, zero), zero, b.mul(y, b.pow(x, b.sub(y, b.like(out, 1)))))
+    d_exp = b.where(b.logical_and(b.eq(x, zero), b.ge(y, zero)), zero, b.mul(out, b.log(x)))
+    return [d_base, d_exp]
+
+
+pow_.deriv = _pow_deriv
+
+
+def _select_deriv(prefer):
+    # torch splits the derivative evenly between equal operands of maximum/minimum.
+    def deriv(b, ins, out):
+        x, y = ins
+        half = b.like(out, 0.5)
+        to_x = b.where(b.eq(x, y), half, b.convert(prefer(b, x, y), dtype=out.dtype))
+        return [to_x, b.sub(b.like(out, 1), to_x)]
+
+    return deriv
+
+
+maximum.deriv = _select_deriv(lambda b, x, y: b.gt(x, y))
+minimum.deriv = _select_deriv(lambda b, x, y: b.lt(x, y))
 
 
 def _where_shape(c, a, b, **_):
@@ -154,6 +223,22 @@ where = _register(
         lower=lambda args, node, index: f"tl.where({args[0]}, {args[1]}, {args[2]})",
     )
 )
+
+
+def _where_jvp(b, primals, tangents, out):
+    cond, x, y = primals
+    _, tx, ty = tangents
+    if tx is None and ty is None:
+        return None
+    return b.where(cond, tx if tx is not None else b.like(out, 0), ty if ty is not None else b.like(out, 0))
+
+
+def _where_vjp(b, primals, out, ct):
+    zero = b.like(out, 0)
+    return [None, b.where(primals[0], ct, zero), b.where(primals[0], zero, ct)]
+
+
+where.jvp, where.vjp = _where_jvp, _where_vjp
 
 
 def _convert_lower(args, node, index):
@@ -173,6 +258,14 @@ convert = _register(
         lower=_convert_lower,
     )
 )
+
+
+def _convert_transpose(b, ct, ins, out, *, dtype):
+    return [b.convert(ct, dtype=ins[0].dtype) if ins[0].dtype.is_floating_point else None]
+
+
+# A cast between floating types is linear; a cast to or from integers has no derivative.
+convert.transpose = _convert_transpose
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,6 +325,7 @@ iota = _register(
         lower=_iota_lower,
     )
 )
+full.nondiff = iota.nondiff = True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,6 +360,18 @@ broadcast_in_dim = _register(
 )
 
 
+def _broadcast_transpose(b, ct, ins, out, *, shape, dims):
+    # The adjoint of a broadcast is a sum over the broadcast axes.
+    (x,) = ins
+    new_axes = [d for d in range(len(shape)) if d not in dims]
+    stretched = [d for i, d in enumerate(dims) if x.shape[i] == 1 and shape[d] != 1]
+    axes = tuple(sorted(new_axes + stretched))
+    return [b.reshape(b.reduce_sum(ct, axes=axes) if axes else ct, x.shape)]
+
+
+broadcast_in_dim.transpose = _broadcast_transpose
+
+
 def _reshape_shape(x, *, shape):
     assert math.prod(shape) == math.prod(x[0]), (x, shape)
     return tuple(shape), x[1]
@@ -280,6 +386,7 @@ reshape = _register(
         index_rule=lambda node, index: [reshape_index(index, node.out.shape, node.inputs[0].shape)],
     )
 )
+reshape.transpose = lambda b, ct, ins, out, *, shape: [b.reshape(ct, ins[0].shape)]
 
 
 def _transpose_index(node, index):
@@ -299,6 +406,9 @@ transpose = _register(
         index_rule=_transpose_index,
     )
 )
+transpose.transpose = lambda b, ct, ins, out, *, perm: [
+    b.transpose(ct, sorted(range(len(perm)), key=lambda d: perm[d]))
+]
 
 
 def _slice_shape(x, *, start, stop, step):
@@ -361,6 +471,96 @@ concatenate = _register(
         index_rule=_concat_index,
     )
 )
+
+
+def _concat_transpose(b, ct, ins, out, *, axis):
+    pieces = []
+    for v, off in zip(ins, _offsets(ins, axis)):
+        start = [0] * len(out.shape)
+        stop = list(out.shape)
+        start[axis], stop[axis] = off, off + v.shape[axis]
+        pieces.append(b.slice(ct, start=tuple(start), stop=tuple(stop), step=(1,) * len(stop)))
+    return pieces
+
+
+def _offsets(ins, axis) -> list[int]:
+    offs, acc = [], 0
+    for v in ins:
+        offs.append(acc)
+        acc += v.shape[axis]
+    return offs
+
+
+concatenate.transpose = _concat_transpose
+
+
+# pad: the adjoint of a strided slice.  Places x at lo + i * (interior + 1) along each axis,
+# zeros elsewhere.  It reads its operand at a clamped index and selects, like concatenate.
+
+
+def _pad_shape(x, *, lo, hi, interior):
+    return tuple(lo_ + n + max(n - 1, 0) * it + hi_ for n, lo_, hi_, it in zip(x[0], lo, hi, interior)), x[1]
+
+
+def _pad_impl(x, *, lo, hi, interior):
+    shape, _ = _pad_shape((x.shape, x.dtype), lo=lo, hi=hi, interior=interior)
+    out = x.new_zeros(shape)
+    out[tuple(slice(l_, l_ + max(n - 1, 0) * (it + 1) + 1, it + 1) for n, l_, it in zip(x.shape, lo, interior))] = x
+    return out
+
+
+def _pad_index(node, index):
+    x = node.inputs[0]
+    src = []
+    for i, n, lo, it in zip(index, x.shape, node.params["lo"], node.params["interior"]):
+        if lo == 0 and it == 0 and n > 0:
+            src.append(opaque(f"tl.minimum({i.render()}, {n - 1})", n, i.deps) if i.bound() != n else i)
+        else:
+            text = f"tl.minimum(tl.maximum(({i.render()} - {lo}) // {it + 1}, 0), {max(n - 1, 0)})"
+            src.append(opaque(text, n, i.deps))
+    return [tuple(src)]
+
+
+def _pad_lower(args, node, index):
+    x = node.inputs[0]
+    conds = []
+    for i, n, lo, it in zip(index, x.shape, node.params["lo"], node.params["interior"]):
+        last = lo + max(n - 1, 0) * (it + 1)
+        text = i.render()
+        if n == 0:
+            conds.append("(0 > 1)")
+            continue
+        if lo > 0:
+            conds.append(f"({text} >= {lo})")
+        if i.bound() is None or i.bound() > last + 1:
+            conds.append(f"({text} <= {last})")
+        if it > 0:
+            conds.append(f"((({text}) - {lo}) % {it + 1} == 0)")
+    if not conds:
+        return args[0]
+    zero = _literal(0, node.out.dtype)
+    return f"tl.where({' & '.join(conds)}, {args[0]}, {zero})"
+
+
+pad = _register(Primitive("pad", "view", _pad_shape, _pad_impl, lower=_pad_lower, index_rule=_pad_index))
+
+
+def _slice_transpose(b, ct, ins, out, *, start, stop, step):
+    x = ins[0]
+    if 0 in out.shape:
+        return [b.full(0, x.dtype, x.shape)]
+    hi = tuple(n - (s + (m - 1) * st + 1) for n, s, m, st in zip(x.shape, start, out.shape, step))
+    return [b.pad(ct, lo=tuple(start), hi=hi, interior=tuple(st - 1 for st in step))]
+
+
+def _pad_transpose(b, ct, ins, out, *, lo, hi, interior):
+    x = ins[0]
+    stop = tuple(lo_ + max(n - 1, 0) * (it + 1) + 1 for n, lo_, it in zip(x.shape, lo, interior))
+    return [b.slice(ct, start=tuple(lo), stop=stop, step=tuple(it + 1 for it in interior))]
+
+
+slice_.transpose = _slice_transpose
+pad.transpose = _pad_transpose
 
 
 # ---------------------------------------------------------------------------------------------
@@ -430,5 +630,47 @@ reduce_prod = _reduction(
 )
 
 
-def shape_of(prim: Primitive, in_avals: list[tuple[Shape, torch.dtype]], params: dict) -> tuple[Shape, torch.dtype]:
-    return prim.shape_rule(*in_avals, **params)
+def _expand_back(b, v, x, axes):
+    """Broadcasts a reduction's result (or cotangent) back over the reduced axes of x."""
+    kept = tuple(d for d in range(len(x.shape)) if d not in axes)
+    return b.broadcast_in_dim(v, shape=x.shape, dims=kept)
+
+
+reduce_sum.transpose = lambda b, ct, ins, out, *, axes: [_expand_back(b, ct, ins[0], axes)]
+
+
+def _extremum_mask(b, x, out, axes):
+    """1 where x attains the max (min), divided by how many do: torch shares the derivative."""
+    hit = b.convert(b.eq(x, _expand_back(b, out, x, axes)), dtype=x.dtype)
+    return b.div(hit, _expand_back(b, b.reduce_sum(hit, axes=axes), x, axes))
+
+
+def _extremum_jvp(b, primals, tangents, out, *, axes):
+    return b.reduce_sum(b.mul(tangents[0], _extremum_mask(b, primals[0], out, axes)), axes=axes)
+
+
+def _extremum_vjp(b, primals, out, ct, *, axes):
+    return [b.mul(_expand_back(b, ct, primals[0], axes), _extremum_mask(b, primals[0], out, axes))]
+
+
+reduce_max.jvp = reduce_min.jvp = _extremum_jvp
+reduce_max.vjp = reduce_min.vjp = _extremum_vjp
+
+
+def _prod_others(b, x, axes):
+    """For each element, the product of the other elements of its reduction (exact with zeros)."""
+    zero, one = b.like(x, 0), b.like(x, 1)
+    is_zero = b.eq(x, zero)
+    nonzero_prod = _expand_back(b, b.reduce_prod(b.where(is_zero, one, x), axes=axes), x, axes)
+    zeros = _expand_back(b, b.reduce_sum(b.convert(is_zero, dtype=x.dtype), axes=axes), x, axes)
+    if_nonzero = b.where(b.eq(zeros, zero), b.div(nonzero_prod, b.where(is_zero, one, x)), zero)
+    if_zero = b.where(b.eq(zeros, one), nonzero_prod, zero)
+    return b.where(is_zero, if_zero, if_nonzero)
+
+
+reduce_prod.jvp = lambda b, primals, tangents, out, *, axes: b.reduce_sum(
+    b.mul(tangents[0], _prod_others(b, primals[0], axes)), axes=axes
+)
+reduce_prod.vjp = lambda b, primals, out, ct, *, axes: [
+    b.mul(_expand_back(b, ct, primals[0], axes), _prod_others(b, primals[0], axes))
+]

@@ -260,6 +260,22 @@ def schedule(graph: Graph) -> Schedule:
     return Schedule(graph, kernels, stored)
 
 
+def _joint(a: Domain, b: Domain) -> Domain | None:
+    """The domain of a kernel computing values of domains a and b, if one launch can do both.
+
+    A pointwise value of R or R*C elements can ride along in a row kernel, stored per row or per
+    element, unless the row kernel loops over long rows (it would recompute the value per loop).
+    """
+    if a == b:
+        return a
+    if a.kind == "rows" and b.kind == "rows":
+        return None
+    rows, flat = (a, b) if a.kind == "rows" else (b, a)
+    if rows.cols <= MAX_ROW_TILE and flat.size in (rows.size, rows.size * rows.cols):
+        return rows
+    return None
+
+
 def _assign(graph, materialized, producers, position) -> list[Kernel]:
     """Places each materialized value in the first kernel of its shape that runs after its inputs."""
     kernels: list[Kernel] = []
@@ -271,10 +287,11 @@ def _assign(graph, materialized, producers, position) -> list[Kernel]:
         planner.value(var, _store_index(var, domain, reductions), stored=True)
         reads = {e.var for e in planner.order if e.op == "load"}
         after = max((owner[v] for v in reads if v in owner), default=-1)
-        slot = next((k for k in range(after + 1, len(kernels)) if kernels[k].domain == domain), None)
+        slot = next((k for k in range(after + 1, len(kernels)) if _joint(kernels[k].domain, domain)), None)
         if slot is None:
             kernels.append(Kernel(domain))
             slot = len(kernels) - 1
+        kernels[slot].domain = _joint(kernels[slot].domain, domain)
         kernels[slot].stores.append((var, None))
         owner[var] = slot
     for kernel in kernels:  # plan each kernel's stores together, sharing common entries

@@ -32,18 +32,22 @@ prims_ops = torch.ops.prims
 class Builder:
     """Accumulates the nodes of one graph; the small op library below builds on `emit`."""
 
-    def __init__(self, level: int, device: torch.device):
+    def __init__(self, level: int, device: torch.device | None, track_grad_mode: bool = True):
         self.level = level
         self.device = device
+        # Tracing records the user's no_grad blocks; graph transforms set flags explicitly instead.
+        self.track_grad_mode = track_grad_mode
         self.inputs: list[Var] = []
         self.nodes: list[Node] = []
         self.const_vars: dict[int, Var] = {}  # id(tensor) -> var
         self.const_values: list[torch.Tensor] = []
 
-    def emit(self, prim: P.Primitive, inputs: list[Var], **params) -> Var:
+    def emit(self, prim: P.Primitive, inputs: list[Var], *, no_grad: bool = False, **params) -> Var:
         shape, dtype = prim.shape_rule(*[(v.shape, v.dtype) for v in inputs], **params)
         out = Var(shape, dtype)
-        self.nodes.append(Node(prim, list(inputs), params, out, no_grad=not torch.is_grad_enabled()))
+        if self.track_grad_mode and not torch.is_grad_enabled():
+            no_grad = True
+        self.nodes.append(Node(prim, list(inputs), params, out, no_grad=no_grad))
         return out
 
     def const(self, t: torch.Tensor) -> Var:
@@ -60,7 +64,18 @@ class Builder:
             self.const_values.append(t)
         return self.const_vars[id(t)]
 
+    def __getattr__(self, name: str):
+        """`b.mul(x, y)`, `b.reduce_sum(x, axes=(0,))`: emit any primitive by name."""
+        prim = P.PRIMS.get(name)
+        if prim is None:
+            raise AttributeError(name)
+        return lambda *inputs, **params: self.emit(prim, list(inputs), **params)
+
     # -- a small op library over vars ---------------------------------------------------------
+    def like(self, v: Var, value) -> Var:
+        """The constant `value` with v's shape and dtype."""
+        return self.full(value, v.dtype, v.shape)
+
     def full(self, value, dtype: torch.dtype, shape=()) -> Var:
         v = self.emit(P.full, [], value=value, shape=(), dtype=dtype)
         return self.broadcast_to(v, tuple(shape))
@@ -626,6 +641,31 @@ def _addmm(b, out, bias, a, c, *, beta=1, alpha=1):
     if beta != 1:
         bias = b.emit(P.mul, [bias, b.full(beta, out.dtype, out.shape)])
     return b.emit(P.add, [bias, prod]) if beta != 0 else prod
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a graph inside a trace: how transforms nest.
+
+
+def innermost_builder(values) -> Builder | None:
+    """The deepest live trace that any of `values` belongs to, or None when all are concrete."""
+    tracers = [t for t in values if isinstance(t, Tracer)]
+    return _innermost_builder(tracers, {}) if tracers else None
+
+
+def inline(b: Builder, graph: Graph, inputs: list) -> list[Tracer]:
+    """Records `graph` applied to `inputs` (arguments then constants) into the trace `b`.
+
+    A transform called on tracers (inside another transform) computes its transformed graph as
+    usual, then inlines it, so the enclosing transform sees ordinary primitives.  A no_grad block
+    around the call, or inside the inlined function, stays in force for the enclosing transform.
+    """
+    env: dict[Var, Var] = {}
+    for v, t in zip(graph.inputs, inputs):
+        env[v] = t._var if isinstance(t, Tracer) and t._builder is b else b.const(t)
+    for n in graph.nodes:
+        env[n.out] = b.emit(n.prim, [env[v] for v in n.inputs], no_grad=n.no_grad, **n.params)
+    return [Tracer(b, env[v]) for v in graph.outputs]
 
 
 # ---------------------------------------------------------------------------------------------
