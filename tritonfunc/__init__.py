@@ -5,8 +5,19 @@ The pipeline, one module per stage:
 with the primitives (and all their rules) in primitives.py and the graph in graph.py.
 """
 
-from .api import explain, grad, grad_and_value, jit, jvp, linearize, vjp
+from .api import explain, grad, grad_and_value, jit, jvp, linearize, vjp, vmap
 from .runtime import record_launches, set_backend
 
-__all__ = ["jit", "explain", "record_launches", "set_backend", "grad", "grad_and_value", "vjp", "jvp", "linearize"]
+__all__ = [
+    "vmap",
+    "grad",
+    "grad_and_value",
+    "vjp",
+    "jvp",
+    "linearize",
+    "jit",
+    "explain",
+    "record_launches",
+    "set_backend",
+]
 __version__ = "0.1.0"

@@ -19,7 +19,7 @@ from .codegen import generate
 from .graph import Graph
 from .schedule import schedule
 from .trace import inline, innermost_builder, trace
-from .transforms import jvp_graph, vjp_graph
+from .transforms import RANDOMNESS, jvp_graph, vjp_graph, vmap_graph
 
 # ---------------------------------------------------------------------------------------------
 # Running graphs.
@@ -365,3 +365,184 @@ def linearize(func: Callable, *primals) -> tuple[Any, Callable]:
         return pytree.tree_unflatten(run_graph(tangent_graph, flat_primals + flat_tangents), out_spec)
 
     return output, jvp_fn
+
+
+# ---------------------------------------------------------------------------------------------
+# vmap.
+
+in_dims_t = int | tuple
+out_dims_t = int | tuple | None
+
+
+def _get_name(func: Callable) -> str:
+    if hasattr(func, "__name__"):
+        return func.__name__
+    if isinstance(func, functools.partial):
+        return f"functools.partial({_get_name(func.func)}, ...)"
+    return repr(func)
+
+
+def _process_batched_inputs(in_dims, args: tuple, func: Callable):
+    name = _get_name(func)
+    if not isinstance(in_dims, (int, tuple)):
+        raise ValueError(
+            f"vmap({name}, in_dims={in_dims}, ...)(<inputs>): expected `in_dims` to be int or a (potentially "
+            f"nested) tuple matching the structure of inputs, got: {type(in_dims)}."
+        )
+    if len(args) == 0:
+        raise ValueError(
+            f"vmap({name})(<inputs>): got no inputs. Maybe you forgot to add inputs, or you are trying to vmap "
+            f"over a function with no inputs. The latter is unsupported."
+        )
+    flat_args, args_spec = pytree.tree_flatten(args)
+    flat_in_dims = pytree._broadcast_to_and_flatten(in_dims, args_spec)
+    if flat_in_dims is None:
+        raise ValueError(
+            f"vmap({name}, in_dims={in_dims}, ...)(<inputs>): in_dims is not compatible with the structure of "
+            f"`inputs`. in_dims has structure {pytree.tree_flatten(in_dims)[1]} but inputs has structure "
+            f"{args_spec}."
+        )
+    for i, (arg, in_dim) in enumerate(zip(flat_args, flat_in_dims)):
+        if not isinstance(in_dim, int) and in_dim is not None:
+            raise ValueError(
+                f"vmap({name}, in_dims={in_dims}, ...)(<inputs>): Got in_dim={in_dim} for an input but in_dim "
+                f"must be either an integer dimension or None."
+            )
+        if isinstance(in_dim, int) and not isinstance(arg, torch.Tensor):
+            raise ValueError(
+                f"vmap({name}, in_dims={in_dims}, ...)(<inputs>): Got in_dim={in_dim} for an input but the input "
+                f"is of type {type(arg)}. We cannot vmap over non-Tensor arguments, please use None as the "
+                f"respective in_dim"
+            )
+        if in_dim is not None and (in_dim < -arg.dim() or in_dim >= arg.dim()):
+            raise ValueError(
+                f"vmap({name}, in_dims={in_dims}, ...)(<inputs>): Got in_dim={in_dim} for some input, but that "
+                f"input is a Tensor of dimensionality {arg.dim()} so expected in_dim to satisfy "
+                f"-{arg.dim()} <= in_dim < {arg.dim()}."
+            )
+        if in_dim is not None and in_dim < 0:
+            flat_in_dims[i] = in_dim % arg.dim()
+    sizes = [arg.size(d) for d, arg in zip(flat_in_dims, flat_args) if d is not None]
+    if not sizes:
+        raise ValueError("vmap: Expected at least one Tensor to vmap over")
+    if any(s != sizes[0] for s in sizes):
+        raise ValueError(
+            f"vmap: Expected all tensors to have the same size in the mapped dimension, got sizes {sizes} for "
+            f"the mapped dimension"
+        )
+    return sizes[0], flat_in_dims, flat_args, args_spec
+
+
+def _check_out_dims(out_dims, func: Callable) -> None:
+    for x in pytree.tree_leaves(out_dims) if out_dims is not None else []:
+        if not (isinstance(x, int) or x is None):
+            raise ValueError(
+                f"vmap({_get_name(func)}, ..., out_dims={out_dims}): `out_dims` must be an int, None or a python "
+                "collection of ints representing where in the outputs the vmapped dimension should appear."
+            )
+
+
+def _flat_out_dims(out_dims, out_spec, func: Callable) -> list:
+    if out_spec.is_leaf():  # a single output: an int, a 1-tuple or None
+        if isinstance(out_dims, int) or out_dims is None:
+            return [out_dims]
+        if isinstance(out_dims, tuple) and len(out_dims) == 1:
+            return list(out_dims)
+        flat = None
+    else:
+        flat = pytree._broadcast_to_and_flatten(out_dims, out_spec)
+    if flat is None:
+        raise ValueError(
+            f"vmap({_get_name(func)}, ..., out_dims={out_dims})(<inputs>): out_dims is not compatible with the "
+            f"structure of `outputs`. out_dims has structure {pytree.tree_flatten(out_dims)[1]} but outputs has "
+            f"structure {out_spec}."
+        )
+    return flat
+
+
+def _vmap_once(func, size, flat_in_dims, flat_args, args_spec, out_dims, randomness, kwargs):
+    """One vmap over the whole batch: trace per example, batch the graph, run it."""
+    name = _get_name(func)
+    tensors = [a for a in flat_args if isinstance(a, torch.Tensor)] + _tensor_leaves(kwargs)
+    device = _device_of(tensors)
+    moved, examples = [], []
+    for a, d in zip(flat_args, flat_in_dims):
+        if d is None:
+            examples.append(a)
+            if isinstance(a, torch.Tensor):
+                moved.append(a)
+        else:
+            examples.append(torch.empty(a.shape[:d] + a.shape[d + 1 :], dtype=a.dtype, device="meta"))
+            moved.append(a.movedim(d, 0))
+    batched = [d is not None for a, d in zip(flat_args, flat_in_dims) if isinstance(a, torch.Tensor)]
+    batched += [False] * len(_tensor_leaves(kwargs))
+    graph, out_spec, statics = trace(func, pytree.tree_unflatten(examples, args_spec), kwargs, device=device)
+    batched_graph, out_batched = vmap_graph(graph, batched, size, randomness)
+    results = iter(zip(run_graph(batched_graph, moved + _tensor_leaves(kwargs)), out_batched))
+    flat_out = []
+    for static, out_dim in zip(statics, _flat_out_dims(out_dims, out_spec, func)):
+        value, is_batched = next(results) if static is None else (static, False)
+        if out_dim is None:
+            if is_batched:
+                raise ValueError(f"vmap({name}, ...): `{name}` can not return a BatchedTensor when out_dim is None")
+            flat_out.append(value)
+            continue
+        if static is not None:
+            raise ValueError(
+                f"vmap({name}, ...): `{name}` must only return Tensors, got type {type(value)}. Did you mean to "
+                "set out_dims= to None for output?"
+            )
+        if not is_batched:  # an output that does not depend on the batch is broadcast to it
+            value = value.unsqueeze(0).expand(size, *value.shape)
+        flat_out.append(value.movedim(0, out_dim))
+    return pytree.tree_unflatten(flat_out, out_spec)
+
+
+def vmap(
+    func: Callable,
+    in_dims: in_dims_t = 0,
+    out_dims: out_dims_t = 0,
+    randomness: str = "error",
+    *,
+    chunk_size: int | None = None,
+) -> Callable:
+    """Maps `func` over a batch axis of its inputs; the batch becomes part of every kernel's grid.
+
+    chunk_size splits the batch into ceil(B / chunk_size) runs (one launch each where the function
+    fuses into one kernel), bounding the memory of intermediates.  Random operators draw from
+    Triton's Philox generator seeded from torch's: torch.manual_seed makes runs repeatable, but the
+    streams differ from torch's.
+    """
+    if randomness not in RANDOMNESS:
+        raise RuntimeError(f"Only allowed values for randomness are 'error', 'different', or 'same'. Got {randomness}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"vmap: chunk_size should be None or greater than 0. (got {chunk_size})")
+
+    @functools.wraps(func)
+    def wrapped(*args, **kwargs):
+        _check_out_dims(out_dims, func)
+        size, flat_in_dims, flat_args, args_spec = _process_batched_inputs(in_dims, args, func)
+        inside_trace = innermost_builder(flat_args + _tensor_leaves(kwargs)) is not None
+        if chunk_size is None or size == 0 or inside_trace:
+            return _vmap_once(func, size, flat_in_dims, flat_args, args_spec, out_dims, randomness, kwargs)
+        return _vmap_chunked(func, size, flat_in_dims, flat_args, args_spec, out_dims, randomness, kwargs)
+
+    def _vmap_chunked(func, size, flat_in_dims, flat_args, args_spec, out_dims, randomness, kwargs):
+        sizes = [chunk_size] * (size // chunk_size) + ([size % chunk_size] if size % chunk_size else [])
+        bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+        rng_state = torch.get_rng_state() if randomness == "same" else None
+        outputs = []
+        for lo, hi in zip(bounds, bounds[1:]):
+            if rng_state is not None:  # "same": every chunk sees the same draws
+                torch.set_rng_state(rng_state)
+            chunk = [a if d is None else a.narrow(d, lo, hi - lo) for a, d in zip(flat_args, flat_in_dims)]
+            outputs.append(_vmap_once(func, hi - lo, flat_in_dims, chunk, args_spec, out_dims, randomness, kwargs))
+        flat_chunks = [pytree.tree_flatten(o)[0] for o in outputs]
+        out_spec = pytree.tree_flatten(outputs[0])[1]
+        flat_dims = _flat_out_dims(out_dims, out_spec, func)
+        merged = [
+            pieces[0] if d is None else torch.cat(pieces, dim=d) for pieces, d in zip(zip(*flat_chunks), flat_dims)
+        ]
+        return pytree.tree_unflatten(merged, out_spec)
+
+    return wrapped

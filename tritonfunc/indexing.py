@@ -96,9 +96,22 @@ class Idx:
         terms = tuple(Term(t.base, t.extent, t.deps, t.div, t.mod, t.coef * k) for t in self.terms)
         return Idx(self.const * k, terms)
 
+    def _split(self, n: int) -> tuple[Idx, Idx] | None:
+        """(multiple, rest) with self = multiple + rest, multiple divisible by n and 0 <= rest < n."""
+        whole = tuple(t for t in self.terms if t.coef % n == 0)
+        rest = Idx(self.const, tuple(t for t in self.terms if t.coef % n != 0))
+        bound = rest.bound()
+        if whole and rest.const >= 0 and bound is not None and bound <= n:
+            return Idx(0, whole), rest
+        return None
+
     def __floordiv__(self, n: int) -> Idx:
         if n == 1:
             return self
+        split = self._split(n)
+        if split is not None:  # (n*k*X + rest) // n == k*X when rest < n
+            whole, _ = split
+            return Idx(0, tuple(Term(t.base, t.extent, t.deps, t.div, t.mod, t.coef // n) for t in whole.terms))
         if self.const == 0 and len(self.terms) == 1:
             t = self.terms[0]
             if t.coef == 1 and (t.mod is None or t.mod % n == 0):
@@ -110,6 +123,9 @@ class Idx:
         b = self.bound()
         if b is not None and b <= n and self.const >= 0:
             return self
+        split = self._split(n)
+        if split is not None:  # (n*k*X + rest) % n == rest when rest < n
+            return split[1]
         if self.const == 0 and len(self.terms) == 1:
             t = self.terms[0]
             if t.coef == 1 and (t.mod is None or t.mod % n == 0):

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .indexing import Idx, Index, opaque, reshape_index
+from .indexing import Idx, Index, contiguous_strides, opaque, ravel, reshape_index
 
 Shape = tuple[int, ...]
 
@@ -43,6 +43,9 @@ class Primitive:
     jvp: Callable | None = None
     vjp: Callable | None = None
     nondiff: bool = False
+    # vmap: batch(b, inputs, batched, size, **params) -> output with a leading batch axis of `size`,
+    # given which inputs carry that axis (at position 0).  Sources are never batched.
+    batch: Callable | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
@@ -55,7 +58,27 @@ PRIMS: dict[str, Primitive] = {}
 def _register(p: Primitive) -> Primitive:
     assert p.name not in PRIMS, p.name
     PRIMS[p.name] = p
+    if p.kind == "elementwise":
+        p.batch = _batch_elementwise(p)
     return p
+
+
+def with_batch_axis(b, v, batched: bool, size: int):
+    """An operand with the leading batch axis: an unbatched one is broadcast along it."""
+    if batched:
+        return v
+    return b.broadcast_in_dim(v, shape=(size, *v.shape), dims=tuple(range(1, len(v.shape) + 1)))
+
+
+def _batch_elementwise(prim):
+    def rule(b, inputs, batched, size, **params):
+        return b.emit(prim, [with_batch_axis(b, v, bt, size) for v, bt in zip(inputs, batched)], **params)
+
+    return rule
+
+
+def _shift(axes, by: int = 1) -> tuple[int, ...]:
+    return tuple(a + by for a in axes)
 
 
 def _same(*avals, **_):
@@ -328,6 +351,39 @@ iota = _register(
 full.nondiff = iota.nondiff = True
 
 
+# Random numbers: Triton's Philox (tl.rand / tl.randn) keyed by a seed tensor (an input, drawn
+# from torch's generator when the function is traced) and the element's row-major offset.  The
+# torch backend draws from a torch generator with the same seed: the same distribution, not the
+# same stream.  vmap decides per randomness mode whether the shape gains the batch axis.
+
+
+def _rand_impl(seed, *, shape, dtype, normal):
+    gen = torch.Generator(device=seed.device).manual_seed(int(seed))
+    return (torch.randn if normal else torch.rand)(shape, dtype=dtype, device=seed.device, generator=gen)
+
+
+def _rand_lower(args, node, index):
+    from .codegen import tl_dtype
+
+    offset = ravel(index, contiguous_strides(node.out.shape))
+    offset_text = f"tl.full([], {offset.const}, tl.int32)" if offset.is_const() else offset.render()
+    fn = "tl.randn" if node.params["normal"] else "tl.rand"
+    return f"{fn}({args[0]}, {offset_text}).to({tl_dtype(node.out.dtype)})"
+
+
+rand = _register(
+    Primitive(
+        "rand",
+        "source",
+        lambda seed, *, shape, dtype, normal: (tuple(shape), dtype),
+        _rand_impl,
+        lower=_rand_lower,
+        index_rule=lambda node, index: [()],  # the seed is a scalar
+    )
+)
+rand.nondiff = True
+
+
 # ---------------------------------------------------------------------------------------------
 # Views: lowered to index rules, so they move no data inside a kernel.
 
@@ -370,6 +426,9 @@ def _broadcast_transpose(b, ct, ins, out, *, shape, dims):
 
 
 broadcast_in_dim.transpose = _broadcast_transpose
+broadcast_in_dim.batch = lambda b, ins, bt, size, *, shape, dims: b.broadcast_in_dim(
+    ins[0], shape=(size, *shape), dims=(0, *_shift(dims))
+)
 
 
 def _reshape_shape(x, *, shape):
@@ -387,6 +446,7 @@ reshape = _register(
     )
 )
 reshape.transpose = lambda b, ct, ins, out, *, shape: [b.reshape(ct, ins[0].shape)]
+reshape.batch = lambda b, ins, bt, size, *, shape: b.reshape(ins[0], (size, *shape))
 
 
 def _transpose_index(node, index):
@@ -406,6 +466,7 @@ transpose = _register(
         index_rule=_transpose_index,
     )
 )
+transpose.batch = lambda b, ins, bt, size, *, perm: b.transpose(ins[0], (0, *_shift(perm)))
 transpose.transpose = lambda b, ct, ins, out, *, perm: [
     b.transpose(ct, sorted(range(len(perm)), key=lambda d: perm[d]))
 ]
@@ -492,6 +553,9 @@ def _offsets(ins, axis) -> list[int]:
 
 
 concatenate.transpose = _concat_transpose
+concatenate.batch = lambda b, ins, bt, size, *, axis: b.concatenate(
+    *[with_batch_axis(b, v, t, size) for v, t in zip(ins, bt)], axis=axis + 1
+)
 
 
 # pad: the adjoint of a strided slice.  Places x at lo + i * (interior + 1) along each axis,
@@ -560,6 +624,12 @@ def _pad_transpose(b, ct, ins, out, *, lo, hi, interior):
 
 
 slice_.transpose = _slice_transpose
+slice_.batch = lambda b, ins, bt, size, *, start, stop, step: b.slice(
+    ins[0], start=(0, *start), stop=(size, *stop), step=(1, *step)
+)
+pad.batch = lambda b, ins, bt, size, *, lo, hi, interior: b.pad(
+    ins[0], lo=(0, *lo), hi=(0, *hi), interior=(0, *interior)
+)
 pad.transpose = _pad_transpose
 
 
@@ -606,7 +676,9 @@ REDUCTIONS: dict[str, ReductionRule] = {}
 
 def _reduction(name, torch_fn, rule: ReductionRule) -> Primitive:
     REDUCTIONS[name] = rule
-    return _register(Primitive(name, "reduction", _reduce_shape, _torch_reduce(torch_fn)))
+    p = _register(Primitive(name, "reduction", _reduce_shape, _torch_reduce(torch_fn)))
+    p.batch = lambda b, ins, bt, size, *, axes: b.emit(p, ins, axes=_shift(axes))
+    return p
 
 
 # tl.max/tl.min drop NaNs, torch propagates them: `_nan_max` (in the kernel header) restores that.

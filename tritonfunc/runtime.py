@@ -260,7 +260,7 @@ def evaluate(graph: Graph, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
     env: dict[Var, torch.Tensor] = dict(zip(graph.inputs, inputs))
     device = inputs[0].device if inputs else torch.device("cpu")
     for n in graph.nodes:
-        if n.prim.kind == "source":
+        if n.prim.kind == "source" and not n.inputs:
             env[n.out] = n.prim.impl(device=device, **n.params)
         else:
             env[n.out] = n.prim.impl(*[env[v] for v in n.inputs], **n.params)

@@ -44,6 +44,8 @@ def simplify(graph: Graph) -> Graph:
     nodes: list[Node] = []
     for n in graph.nodes:
         inputs = [rename.get(v, v) for v in n.inputs]
+        if n.prim.kind == "reduction" and math.prod(inputs[0].shape[a] for a in n.params["axes"]) == 1:
+            n = Node(P.reshape, n.inputs, {"shape": n.out.shape}, n.out, n.no_grad)  # reduces one element
         key = (
             n.prim.name,
             tuple(v.id for v in inputs),
@@ -107,7 +109,7 @@ class Kernel:
     def name(self) -> str:
         prims: list[str] = []
         for e in self.entries:
-            if e.node is not None and e.node.prim.kind in ("elementwise", "reduction"):
+            if e.node is not None and (e.node.prim.kind in ("elementwise", "reduction") or e.node.prim is P.rand):
                 name = e.node.prim.name.removeprefix("reduce_")
                 if name not in prims and name not in ("convert", "stop_gradient"):
                     prims.append(name)
@@ -155,13 +157,15 @@ class _Planner:
             if kind == "reduction":
                 entry = self._reduction(node, index, index_deps)
             else:
-                if kind == "view":
+                if node.prim.index_rule is not None:
                     inputs = [self.value(v, i) for v, i in zip(node.inputs, node.prim.index_rule(node, index))]
                 else:
                     inputs = [self.value(v, index) for v in node.inputs]
                 deps = frozenset().union(*(e.deps for e in inputs)) if inputs else frozenset()
                 if node.prim is P.iota:
                     deps = index[node.params["dim"]].deps
+                elif node.prim is P.rand:
+                    deps = index_deps
                 stage = max((e.stage for e in inputs), default=0)
                 entry = Entry(var, index, "node", node, inputs, deps, stage)
         self.memo[key] = entry

@@ -21,6 +21,7 @@ import torch._refs  # noqa: F401
 import torch._refs.nn.functional  # noqa: F401
 from torch._decomp import decomposition_table
 from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import primitives as P
 from .graph import Graph, Node, Var
@@ -518,6 +519,77 @@ def _layer_norm(b, out, x, normalized_shape, weight, bias, eps):
     return y, mean, rstd
 
 
+# Softmax-family lowerings subtract the row maximum for stability.  The maximum is wrapped in
+# stop_gradient: the result does not depend on it mathematically, so its derivative (a tie-sharing
+# mask and two more reductions) would only add work and rounding.
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _shifted(b, x: Var, axes) -> tuple[Var, Var]:
+    """(x - max, max) over `axes`, the maximum kept with keepdim shape and no gradient."""
+    m = b.stop_gradient(b.reduce(P.reduce_max, x, axes, keepdim=True))
+    inf = b.like(m, math.inf)
+    m = b.where(b.eq(b.abs(m), inf), b.like(m, 0), m)  # all -inf rows: keep them -inf, not nan
+    return b.sub(x, b.broadcast_to(m, x.shape)), m
+
+
+@lowers(aten._softmax)
+def _softmax(b, out, x, dim, half_to_float):
+    x = b.cast(x, _compute_dtype(out.dtype))
+    z, _ = _shifted(b, x, (dim,))
+    e = b.exp(z)
+    return b.cast(b.div(e, b.broadcast_to(b.reduce(P.reduce_sum, e, (dim,), keepdim=True), x.shape)), out.dtype)
+
+
+@lowers(aten._log_softmax)
+def _log_softmax(b, out, x, dim, half_to_float):
+    x = b.cast(x, _compute_dtype(out.dtype))
+    z, _ = _shifted(b, x, (dim,))
+    lse = b.log(b.reduce(P.reduce_sum, b.exp(z), (dim,), keepdim=True))
+    return b.cast(b.sub(z, b.broadcast_to(lse, x.shape)), out.dtype)
+
+
+@lowers(aten.logsumexp)
+def _logsumexp(b, out, x, dim, keepdim=False):
+    x = b.cast(x, _compute_dtype(out.dtype))
+    axes = _dims(x, dim)
+    z, m = _shifted(b, x, axes)
+    lse = b.add(b.log(b.reduce(P.reduce_sum, b.exp(z), axes, keepdim=True)), m)
+    return b.cast(b.reshape(lse, out.shape), out.dtype)
+
+
+@lowers(aten.nll_loss_forward)
+def _nll_loss(b, out, x, target, weight, reduction, ignore_index):
+    """Picks -x[n, target[n]] with a one-hot mask (a gather that fuses with the softmax before it)."""
+    dtype = x.dtype
+    batched = len(x.shape) == 2
+    if not batched:
+        x, target = b.reshape(x, (1, x.shape[0])), b.reshape(target, (1,))
+    n, c = x.shape
+    classes = b.iota(shape=(n, c), dim=1, dtype=target.dtype)
+    onehot = b.eq(classes, b.emit(P.broadcast_in_dim, [target], shape=(n, c), dims=(0,)))
+    zero = b.full(0, dtype, (n, c))
+    picked = b.reduce_sum(b.where(onehot, x, zero), axes=(1,))
+    valid = b.ne(target, b.full(ignore_index, target.dtype, (n,)))
+    if weight is None:
+        w = b.convert(valid, dtype=dtype)
+    else:
+        wc = b.emit(P.broadcast_in_dim, [b.cast(weight, dtype)], shape=(n, c), dims=(1,))
+        w = b.where(valid, b.reduce_sum(b.where(onehot, wc, zero), axes=(1,)), b.full(0, dtype, (n,)))
+    losses = b.neg(b.mul(picked, w))
+    total_weight = b.reduce_sum(w, axes=(0,))
+    if reduction == 0:
+        result = losses if batched else b.reshape(losses, ())
+    elif reduction == 2:
+        result = b.reduce_sum(losses, axes=(0,))
+    else:
+        result = b.div(b.reduce_sum(losses, axes=(0,)), total_weight)
+    return result, total_weight
+
+
 # -- shapes -------------------------------------------------------------------------------------
 
 
@@ -644,6 +716,77 @@ def _addmm(b, out, bias, a, c, *, beta=1, alpha=1):
 
 
 # ---------------------------------------------------------------------------------------------
+# Random operators.  Factories such as torch.randn(3) take no tensor, so they never reach a
+# Tracer: a dispatch mode active while tracing catches every seeded random operator instead.
+
+
+def _draw_seed(generator) -> torch.Tensor:
+    """A fresh Philox seed from torch's generator, so torch.manual_seed makes runs repeatable."""
+    return torch.randint(0, 2**62, (), dtype=torch.int64, generator=generator)
+
+
+def _random_values(b: Builder, shape, dtype, normal: bool, generator=None) -> Var:
+    seed = b.const(_draw_seed(generator))
+    return b.emit(P.rand, [seed], shape=tuple(shape), dtype=dtype, normal=normal)
+
+
+def _lower_random(b: Builder, func, args, kwargs):
+    packet = func.overloadpacket
+    generator = kwargs.get("generator")
+    meta_kwargs = {k: v for k, v in kwargs.items() if k != "generator"}
+    if "device" in meta_kwargs:
+        meta_kwargs["device"] = "meta"
+    elif packet in (aten.rand, aten.randn):
+        meta_kwargs["device"] = "meta"
+    out = func(*pytree.tree_map(_to_meta, args), **meta_kwargs)
+    out = out[0] if isinstance(out, tuple) else out
+    if packet in (aten.rand, aten.rand_like, aten.randn, aten.randn_like):
+        return _random_values(b, out.shape, out.dtype, packet in (aten.randn, aten.randn_like), generator)
+    if packet is aten.bernoulli and func is not aten.bernoulli.p:
+        p = args[1] if len(args) > 1 and not isinstance(args[1], torch.Generator) else args[0]
+        p = p._var if isinstance(p, Tracer) and p._builder is b else b.const(p) if isinstance(p, torch.Tensor) else p
+        u = _random_values(b, out.shape, out.dtype, False, generator)
+        return b.convert(b.lt(u, b.operand(p, out.dtype, out.shape)), dtype=out.dtype)
+    if func is aten.bernoulli.p:
+        u = _random_values(b, out.shape, out.dtype, False, generator)
+        return b.convert(b.lt(u, b.like(u, args[1])), dtype=out.dtype)
+    if packet is aten.native_dropout:
+        x, p, train = args[0], args[1], args[2]
+        x = x._var if isinstance(x, Tracer) and x._builder is b else b.const(x)
+        if not train:
+            return x, b.full(True, torch.bool, x.shape)
+        keep = b.gt(_random_values(b, x.shape, x.dtype, False, generator), b.like(x, p))
+        scale = 0.0 if p >= 1 else 1.0 / (1.0 - p)
+        return b.mul(b.mul(b.convert(keep, dtype=x.dtype), x), b.like(x, scale)), keep
+    if packet in (aten.bernoulli_, aten.uniform_, aten.normal_) and isinstance(args[0], Tracer):
+        # In-place fills of a fresh tensor (how dropout and nn.init draw): rebind the tracer.
+        target = args[0]
+        shape, dtype = target._var.shape, target._var.dtype
+        params = list(args[1:]) + [kwargs[k] for k in ("p", "from", "to", "mean", "std") if k in kwargs]
+        if packet is aten.bernoulli_:
+            p = params[0] if params else 0.5
+            p = b.operand(p._var if isinstance(p, Tracer) else p, dtype, shape)
+            value = b.convert(b.lt(_random_values(b, shape, dtype, False, generator), p), dtype=dtype)
+        else:
+            lo, hi = (params + [0.0, 1.0][len(params) :])[:2]
+            draw = _random_values(b, shape, dtype, packet is aten.normal_, generator)
+            value = b.add(b.like(draw, lo), b.mul(b.like(draw, hi if packet is aten.normal_ else hi - lo), draw))
+        target._var = value
+        return target
+    raise NotImplementedError(f"tritonfunc: random operator {func} is not supported")
+
+
+class _RandomOps(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if torch.Tag.nondeterministic_seeded not in func.tags:
+            return func(*args, **kwargs)
+        b = innermost_builder(pytree.tree_leaves((args, kwargs))) or _TRACE_STACK[-1]
+        out = _lower_random(b, func, args, kwargs)
+        return pytree.tree_map(lambda v: Tracer(b, v) if isinstance(v, Var) else v, out)
+
+
+# ---------------------------------------------------------------------------------------------
 # Running a graph inside a trace: how transforms nest.
 
 
@@ -698,7 +841,8 @@ def trace(fn: Callable, args: tuple, kwargs: dict | None = None, *, device=None)
     targs, tkwargs = pytree.tree_unflatten(wrapped, in_spec)
     _TRACE_STACK.append(b)
     try:
-        with torch.enable_grad():  # a no_grad around the transform does not reach inside it
+        # A no_grad around the transform does not reach inside it.
+        with torch.enable_grad(), _RandomOps():
             out = fn(*targs, **tkwargs)
     finally:
         _TRACE_STACK.pop()

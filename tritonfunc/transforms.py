@@ -4,6 +4,8 @@ transforms compose with each other and with tracing to any depth.
 
   jvp_graph: forward mode.  inputs (args, tangents, consts) -> (outputs, output tangents)
   vjp_graph: reverse mode.  inputs (args, output cotangents, consts) -> (outputs, input cotangents)
+  vmap_graph: batching.  Batched values carry the batch as their leading axis, so the scheduler
+      sees one bigger graph and the batch becomes part of every kernel's grid.
 
 Reverse mode uses a VJP rule per primitive (elementwise primitives give their partial derivatives,
 linear ones their transpose), not linearize-then-transpose: the rules are shorter and the forward
@@ -139,3 +141,40 @@ def vjp_graph(graph: Graph, wrt: list[bool], ct_for: list | None = None) -> Grap
             total = _sum(b, cts.get(v, []))
             grads.append(total if total is not None else b.full(0, v.dtype, v.shape))
     return c.finish([c.env[v] for v in graph.outputs] + grads)
+
+
+RANDOMNESS = ("error", "different", "same")
+
+
+def vmap_graph(graph: Graph, batched: list[bool], size: int, randomness: str = "error") -> tuple[Graph, list[bool]]:
+    """Adds a leading batch axis of `size` to the arguments marked in `batched` and to everything
+    computed from them.  Returns the new graph and, per output, whether it is batched."""
+    b = Builder(level=-1, device=None, track_grad_mode=False)
+    args = [Var((size, *v.shape) if bt else v.shape, v.dtype) for v, bt in zip(graph.arg_inputs, batched)]
+    consts = [Var(v.shape, v.dtype) for v in graph.const_inputs]
+    env: dict[Var, Var] = dict(zip(graph.inputs, args + consts))
+    is_batched: dict[Var, bool] = {v: bt for v, bt in zip(graph.arg_inputs, batched)}
+    for node in graph.nodes:
+        ins = [env[v] for v in node.inputs]
+        flags = [is_batched.get(v, False) for v in node.inputs]
+        if node.prim is P.rand:
+            if randomness == "error":
+                raise RuntimeError(
+                    "vmap: called random operation while in randomness error mode. Please either use the 'same' or "
+                    "'different' randomness flags on vmap or perform the randomness operation out of vmap"
+                )
+            shape = (size, *node.params["shape"]) if randomness == "different" else node.params["shape"]
+            out = b.emit(P.rand, ins, no_grad=node.no_grad, **{**node.params, "shape": shape})
+            is_batched[node.out] = randomness == "different"
+        elif any(flags):
+            start = len(b.nodes)
+            out = node.prim.batch(b, ins, flags, size, **node.params)
+            for emitted in b.nodes[start:]:
+                emitted.no_grad = node.no_grad
+            is_batched[node.out] = True
+        else:
+            out = b.emit(node.prim, ins, no_grad=node.no_grad, **node.params)
+        env[node.out] = out
+    outs = [env[v] for v in graph.outputs]
+    new = Graph(args + consts, b.nodes, outs, len(consts), list(graph.const_values))
+    return new, [is_batched.get(v, False) for v in graph.outputs]
