@@ -5,7 +5,9 @@ The pipeline, one module per stage:
 with the primitives (and all their rules) in primitives.py and the graph in graph.py.
 """
 
-from .api import explain, grad, grad_and_value, jit, jvp, linearize, vjp, vmap
+from torch.func import functional_call, stack_module_state  # module reparametrisation, not a transform
+
+from .api import explain, grad, grad_and_value, hessian, jacfwd, jacrev, jit, jvp, linearize, vjp, vmap
 from .runtime import record_launches, set_backend
 
 __all__ = [

@@ -546,3 +546,110 @@ def vmap(
         return pytree.tree_unflatten(merged, out_spec)
 
     return wrapped
+
+
+# ---------------------------------------------------------------------------------------------
+# Jacobians and Hessians: vmap over vjp (reverse) or jvp (forward) with a standard basis.
+
+
+def _with_args(func: Callable, args: tuple, argnums) -> Callable:
+    """func as a function of args[argnums] only, the other arguments fixed."""
+
+    def partial_func(*diff):
+        new = list(args)
+        for i, d in zip(_as_tuple(argnums), diff):
+            new[i] = d
+        return func(*new)
+
+    return partial_func
+
+
+def _basis(flat: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Rows of an identity over the concatenated elements of `flat`, split and shaped per tensor."""
+    total = sum(t.numel() for t in flat)
+    eye = torch.eye(total, dtype=flat[0].dtype, device=flat[0].device)
+    pieces = eye.split([t.numel() for t in flat], dim=1)
+    return [p.reshape(total, *t.shape) for p, t in zip(pieces, flat)]
+
+
+def jacrev(
+    func: Callable,
+    argnums: argnums_t = 0,
+    *,
+    has_aux: bool = False,
+    chunk_size: int | None = None,
+    _preallocate_and_copy: bool = False,
+) -> Callable:
+    """The Jacobian by reverse mode: one vjp, then vmap of its vjp_fn over the output basis."""
+    if not (chunk_size is None or chunk_size > 0):
+        raise ValueError("jacrev: `chunk_size` should be greater than 0.")
+
+    @functools.wraps(func)
+    def wrapper_fn(*args):
+        selected = _check_argnums(argnums, len(args))
+        diff = tuple(args[i] for i in _as_tuple(selected))
+        result = vjp(_with_args(func, args, selected), *diff, has_aux=has_aux)
+        output, vjp_fn = result[0], result[1]
+        flat_out, out_spec = pytree.tree_flatten(output)
+        basis = _basis(flat_out)
+        cts = pytree.tree_unflatten(basis, out_spec)
+        if chunk_size == 1:  # a plain loop, as torch.func does: no vmap restrictions apply
+            rows = [vjp_fn(pytree.tree_map(lambda b, i=i: b[i], cts)) for i in range(basis[0].shape[0])]
+            grads = pytree.tree_map(lambda *xs: torch.stack(xs), *rows) if rows else None
+        else:
+            grads = vmap(vjp_fn, chunk_size=chunk_size)(cts)
+        flat_in, in_spec = pytree.tree_flatten(diff)
+        flat_grads = pytree.tree_leaves(grads)
+        jac = []
+        offsets = [0]
+        for o in flat_out:
+            offsets.append(offsets[-1] + o.numel())
+        for k, o in enumerate(flat_out):
+            per_input = [
+                g[offsets[k] : offsets[k + 1]].reshape(*o.shape, *x.shape) for g, x in zip(flat_grads, flat_in)
+            ]
+            per_input = pytree.tree_unflatten(per_input, in_spec)
+            jac.append(per_input[0] if isinstance(selected, int) else per_input)
+        jac = pytree.tree_unflatten(jac, out_spec)
+        return (jac, result[2]) if has_aux else jac
+
+    return wrapper_fn
+
+
+def jacfwd(func: Callable, argnums: argnums_t = 0, has_aux: bool = False, *, randomness: str = "error") -> Callable:
+    """The Jacobian by forward mode: vmap of jvp over the input basis."""
+
+    @functools.wraps(func)
+    def wrapper_fn(*args):
+        selected = _check_argnums(argnums, len(args))
+        diff = tuple(args[i] for i in _as_tuple(selected))
+        _check_tensor_leaves(diff)
+        flat_in, in_spec = pytree.tree_flatten(diff)
+        basis = pytree.tree_unflatten(_basis(flat_in), in_spec)
+        partial_func = _with_args(func, args, selected)
+
+        def push_jvp(tangents):
+            result = jvp(partial_func, diff, tangents, has_aux=has_aux)
+            return (result[1], result[2]) if has_aux else result[1]
+
+        pushed = vmap(push_jvp, randomness=randomness)(basis)
+        tangents_out, aux = pushed if has_aux else (pushed, None)
+        flat_out, out_spec = pytree.tree_flatten(tangents_out)
+        numels = [x.numel() for x in flat_in]
+        jac = []
+        for t in flat_out:  # [N, *out] -> [*out, N] -> per input [*out, *in]
+            cols = t.movedim(0, -1).split(numels, dim=-1)
+            per_input = [c.reshape(*t.shape[1:], *x.shape) for c, x in zip(cols, flat_in)]
+            per_input = pytree.tree_unflatten(per_input, in_spec)
+            jac.append(per_input[0] if isinstance(selected, int) else per_input)
+        jac = pytree.tree_unflatten(jac, out_spec)
+        if has_aux:
+            return jac, pytree.tree_map(lambda a: a[0], aux)
+        return jac
+
+    return wrapper_fn
+
+
+def hessian(func: Callable, argnums: argnums_t = 0) -> Callable:
+    """Forward-over-reverse, as torch.func: jacfwd(jacrev(func, argnums), argnums)."""
+    return jacfwd(jacrev(func, argnums), argnums)
