@@ -5,7 +5,9 @@ The pipeline, one module per stage:
 with the primitives (and all their rules) in primitives.py and the graph in graph.py.
 """
 
-from torch.func import functional_call, stack_module_state  # module reparametrisation, not a transform
+# functional_call and stack_module_state swap and stack module tensors; they compute no transform,
+# so torch's own serve (a module's parameters then trace like any other tensors).
+from torch.func import functional_call, stack_module_state
 
 from .api import explain, grad, grad_and_value, hessian, jacfwd, jacrev, jit, jvp, linearize, vjp, vmap
 from .runtime import record_launches, set_backend
@@ -17,6 +19,11 @@ __all__ = [
     "vjp",
     "jvp",
     "linearize",
+    "jacrev",
+    "jacfwd",
+    "hessian",
+    "functional_call",
+    "stack_module_state",
     "jit",
     "explain",
     "record_launches",
