@@ -18,7 +18,7 @@ from . import runtime
 from .codegen import generate
 from .graph import Graph
 from .schedule import schedule
-from .trace import inline, innermost_builder, trace
+from .trace import TENSOR, inline, innermost_builder, trace
 from .transforms import RANDOMNESS, jvp_graph, vjp_graph, vmap_graph
 
 # ---------------------------------------------------------------------------------------------
@@ -63,7 +63,7 @@ def jit(fn: Callable) -> Callable:
         tensors = _tensor_leaves((args, kwargs))
         graph, out_spec, statics = trace(fn, args, kwargs, device=_device_of(tensors))
         outs = iter(run_graph(graph, tensors))
-        return pytree.tree_unflatten([next(outs) if s is None else s for s in statics], out_spec)
+        return pytree.tree_unflatten([next(outs) if s is TENSOR else s for s in statics], out_spec)
 
     return wrapper
 
@@ -481,13 +481,13 @@ def _vmap_once(func, size, flat_in_dims, flat_args, args_spec, out_dims, randomn
     results = iter(zip(run_graph(batched_graph, moved + _tensor_leaves(kwargs)), out_batched))
     flat_out = []
     for static, out_dim in zip(statics, _flat_out_dims(out_dims, out_spec, func)):
-        value, is_batched = next(results) if static is None else (static, False)
+        value, is_batched = next(results) if static is TENSOR else (static, False)
         if out_dim is None:
             if is_batched:
                 raise ValueError(f"vmap({name}, ...): `{name}` can not return a BatchedTensor when out_dim is None")
             flat_out.append(value)
             continue
-        if static is not None:
+        if static is not TENSOR:
             raise ValueError(
                 f"vmap({name}, ...): `{name}` must only return Tensors, got type {type(value)}. Did you mean to "
                 "set out_dims= to None for output?"

@@ -158,8 +158,10 @@ class _Emitter:
         assert entry.op != "reduce", "reductions are emitted by the row loop"
         args = [self.expr(e, scope) for e in entry.inputs]
         if entry.op == "load":
-            mask = _mask_for(entry.deps, self.pointwise)
-            text = f"tl.load({self.arg_name[entry.var]} + {self.ptr_offset(entry.var, entry.index)}"
+            offset = ravel(entry.index, self.strides.get(entry.var) or contiguous_strides(entry.var.shape))
+            # Every lane reading one element (a stride-0 broadcast) is a scalar load: always in bounds.
+            mask = None if offset.is_const() else _mask_for(entry.deps, self.pointwise)
+            text = f"tl.load({self.arg_name[entry.var]} + {offset.render()}"
             text += f", mask={mask})" if mask else ")"
             if entry.var.dtype in _HALF:
                 text += ".to(tl.float32)"

@@ -128,9 +128,8 @@ erf = _unary("erf", torch.erf, "tl.erf({x})")
 floor = _unary("floor", torch.floor, "tl.floor({x})")
 ceil = _unary("ceil", torch.ceil, "tl.ceil({x})")
 # sign keeps NaN, as torch.sign does.
-sign = _unary(
-    "sign", torch.sign, "tl.where({x} > 0, 1.0, tl.where({x} < 0, -1.0, tl.where({x} == 0, 0.0, {x}))).to({x}.dtype)"
-)
+# torch.sign(nan) is 0: NaN fails both comparisons.
+sign = _unary("sign", torch.sign, "tl.where({x} > 0, 1.0, tl.where({x} < 0, -1.0, 0.0)).to({x}.dtype)")
 logical_not = _unary("logical_not", torch.logical_not, "({x} == 0)")
 # Identity on values; autodiff gives it a zero derivative (x.detach() inside the function).
 stop_gradient = _unary("stop_gradient", torch.Tensor.detach, "{x}")
@@ -189,9 +188,19 @@ lt = _binary("lt", torch.lt, "({a} < {b})", torch.bool)
 le = _binary("le", torch.le, "({a} <= {b})", torch.bool)
 gt = _binary("gt", torch.gt, "({a} > {b})", torch.bool)
 ge = _binary("ge", torch.ge, "({a} >= {b})", torch.bool)
-logical_and = _binary("logical_and", torch.logical_and, "({a} & {b})", torch.bool)
-logical_or = _binary("logical_or", torch.logical_or, "({a} | {b})", torch.bool)
-for _p in (eq, ne, lt, le, gt, ge, logical_and, logical_or):
+# Boolean and/or through int32 arithmetic: the interpreter's & and | reject some int1 operand mixes.
+logical_and = _binary("logical_and", torch.logical_and, "(({a}).to(tl.int32) * ({b}).to(tl.int32) != 0)", torch.bool)
+logical_or = _binary("logical_or", torch.logical_or, "(({a}).to(tl.int32) + ({b}).to(tl.int32) != 0)", torch.bool)
+# Integer floor division and remainder, Python-style.  Triton's // and % truncate toward zero (C),
+# so step the quotient down, and the remainder over, where the signs differ.
+_NEEDS_FIX = "((({a} % {b}) != 0) & ((({a} % {b}) < 0) != ({b} < 0)))"
+floordiv = _binary(
+    "floordiv",
+    lambda a, b: torch.div(a, b, rounding_mode="floor"),
+    f"(({{a}} // {{b}}) - {_NEEDS_FIX}.to({{a}}.dtype))",
+)
+mod = _binary("mod", torch.remainder, f"tl.where({_NEEDS_FIX}, ({{a}} % {{b}}) + {{b}}, {{a}} % {{b}})")
+for _p in (eq, ne, lt, le, gt, ge, logical_and, logical_or, floordiv, mod):
     _p.nondiff = True
 
 add.transpose = lambda b, ct, ins, out: [ct, ct]
@@ -357,7 +366,7 @@ full.nondiff = iota.nondiff = True
 # same stream.  vmap decides per randomness mode whether the shape gains the batch axis.
 
 
-def _rand_impl(seed, *, shape, dtype, normal):
+def _rand_impl(seed, *data, shape, dtype, normal):
     gen = torch.Generator(device=seed.device).manual_seed(int(seed))
     return (torch.randn if normal else torch.rand)(shape, dtype=dtype, device=seed.device, generator=gen)
 
@@ -375,10 +384,10 @@ rand = _register(
     Primitive(
         "rand",
         "source",
-        lambda seed, *, shape, dtype, normal: (tuple(shape), dtype),
+        lambda seed, *data, shape, dtype, normal: (tuple(shape), dtype),
         _rand_impl,
         lower=_rand_lower,
-        index_rule=lambda node, index: [()],  # the seed is a scalar
+        index_rule=lambda node, index: [(), index][: len(node.inputs)],  # the seed is a scalar
     )
 )
 rand.nondiff = True
@@ -729,8 +738,17 @@ reduce_max.jvp = reduce_min.jvp = _extremum_jvp
 reduce_max.vjp = reduce_min.vjp = _extremum_vjp
 
 
+# Up to this many reduced elements, the product of the others is formed explicitly (n x n
+# elements), so it differentiates again exactly even through zeros; beyond it, a zero-safe formula
+# is exact to first order only.
+LEAVE_ONE_OUT_MAX = 256
+
+
 def _prod_others(b, x, axes):
-    """For each element, the product of the other elements of its reduction (exact with zeros)."""
+    """For each element, the product of the other elements of its reduction."""
+    n = math.prod(x.shape[a] for a in axes)
+    if n <= LEAVE_ONE_OUT_MAX:
+        return _leave_one_out_prod(b, x, axes, n)
     zero, one = b.like(x, 0), b.like(x, 1)
     is_zero = b.eq(x, zero)
     nonzero_prod = _expand_back(b, b.reduce_prod(b.where(is_zero, one, x), axes=axes), x, axes)
@@ -738,6 +756,20 @@ def _prod_others(b, x, axes):
     if_nonzero = b.where(b.eq(zeros, zero), b.div(nonzero_prod, b.where(is_zero, one, x)), zero)
     if_zero = b.where(b.eq(zeros, one), nonzero_prod, zero)
     return b.where(is_zero, if_zero, if_nonzero)
+
+
+def _leave_one_out_prod(b, x, axes, n):
+    kept = [d for d in range(len(x.shape)) if d not in axes]
+    perm = kept + list(axes)
+    rows = b.reshape(b.transpose(x, perm), (*[x.shape[d] for d in kept], n))
+    k = len(kept)
+    square = (*rows.shape[:k], n, n)
+    others = b.broadcast_in_dim(rows, shape=square, dims=(*range(k), k + 1))  # [..., i, j] = x_j
+    diagonal = b.eq(b.iota(shape=(n, n), dim=0, dtype=torch.int64), b.iota(shape=(n, n), dim=1, dtype=torch.int64))
+    diagonal = b.broadcast_in_dim(diagonal, shape=square, dims=(k, k + 1))
+    prods = b.reduce_prod(b.where(diagonal, b.full(1, x.dtype, square), others), axes=(k + 1,))
+    inverse = sorted(range(len(perm)), key=lambda d: perm[d])
+    return b.transpose(b.reshape(prods, tuple(x.shape[d] for d in perm)), inverse)
 
 
 reduce_prod.jvp = lambda b, primals, tangents, out, *, axes: b.reduce_sum(

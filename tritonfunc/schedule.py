@@ -44,8 +44,14 @@ def simplify(graph: Graph) -> Graph:
     nodes: list[Node] = []
     for n in graph.nodes:
         inputs = [rename.get(v, v) for v in n.inputs]
-        if n.prim.kind == "reduction" and math.prod(inputs[0].shape[a] for a in n.params["axes"]) == 1:
-            n = Node(P.reshape, n.inputs, {"shape": n.out.shape}, n.out, n.no_grad)  # reduces one element
+        if n.prim.kind == "reduction":
+            reduced = math.prod(inputs[0].shape[a] for a in n.params["axes"])
+            if reduced == 1:  # reduces one element: a reshape
+                n = Node(P.reshape, n.inputs, {"shape": n.out.shape}, n.out, n.no_grad)
+            elif reduced == 0:  # reduces nothing: the identity (torch rejects max/min of nothing)
+                identity = P.REDUCTIONS[n.prim.name].identity(n.out.dtype)
+                n = Node(P.full, [], {"value": identity, "shape": n.out.shape, "dtype": n.out.dtype}, n.out)
+                inputs = []
         key = (
             n.prim.name,
             tuple(v.id for v in inputs),
@@ -285,6 +291,8 @@ def _assign(graph, materialized, producers, position) -> list[Kernel]:
     kernels: list[Kernel] = []
     owner: dict[Var, int] = {}
     for var in sorted(materialized, key=lambda v: position[v]):
+        if var.numel == 0:  # nothing to compute: the runtime allocates it empty
+            continue
         reductions = _region_reductions(var, materialized, producers)
         domain = _domain_for(var, reductions)
         planner = _Planner(domain, materialized, producers)

@@ -21,7 +21,7 @@ import torch._refs  # noqa: F401
 import torch._refs.nn.functional  # noqa: F401
 from torch._decomp import decomposition_table
 from torch.utils import _pytree as pytree
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from . import primitives as P
 from .graph import Graph, Node, Var
@@ -136,6 +136,24 @@ class Tracer(torch.Tensor):
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
         return _dispatch(func, args, kwargs or {})
 
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        # torch.matmul with a 1-D operand squeezes its result in place (squeeze_), which a tracer
+        # cannot do to its own shape: give it 2-D operands and reshape the result instead.
+        if func in _MATMULS and not kwargs and len(args) == 2:
+            a, c = args
+            if isinstance(a, torch.Tensor) and isinstance(c, torch.Tensor) and 1 in (a.dim(), c.dim()):
+                out = torch.matmul(a.unsqueeze(0) if a.dim() == 1 else a, c.unsqueeze(-1) if c.dim() == 1 else c)
+                if a.dim() == 1:
+                    out = out.squeeze(-2)
+                if c.dim() == 1:
+                    out = out.squeeze(-1)
+                return out
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+_MATMULS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__}
+
 
 def _innermost_builder(args, kwargs) -> Builder:
     builders = [a._builder for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, Tracer)]
@@ -169,7 +187,12 @@ def _dispatch(func, args, kwargs):
         decomp = decomposition_table.get(func)
         if decomp is None:
             raise NotImplementedError(f"tritonfunc: operator {func} is not supported")
-        return decomp(*args, **kwargs)
+        try:
+            return decomp(*args, **kwargs)
+        except NotImplementedError as e:
+            if str(func) in str(e):
+                raise
+            raise NotImplementedError(f"tritonfunc: operator {func} is not supported ({e})") from e
     out_meta = func(*pytree.tree_map(_to_meta, args), **pytree.tree_map(_to_meta, kwargs))
 
     def as_var(x):
@@ -275,7 +298,9 @@ LOWERINGS[aten.log10] = _log_base(10.0)
 
 @lowers(aten.relu)
 def _relu(b, out, x):
-    return b.emit(P.maximum, [x, b.full(0, x.dtype, x.shape)])
+    # where, not maximum: torch's derivative at 0 is 0 (maximum would share it), and NaN stays NaN.
+    zero = b.like(x, 0)
+    return b.where(b.gt(x, zero), x, b.where(b.ne(x, x), x, zero))
 
 
 @lowers(aten.real, aten.alias, aten.clone, aten.lift_fresh, aten.contiguous)
@@ -324,6 +349,27 @@ for _op, _prim in [
     LOWERINGS[_op] = _binary(_prim, compare=True)
 
 
+def _boolean(prim):
+    def lower(b, out, a, c):
+        if out.dtype != torch.bool:
+            raise NotImplementedError(f"tritonfunc: bitwise {prim.name} on {out.dtype} tensors is not supported")
+        return b.emit(prim, [b.operand(a, torch.bool, out.shape), b.operand(c, torch.bool, out.shape)])
+
+    return lower
+
+
+LOWERINGS[aten.bitwise_and] = _boolean(P.logical_and)
+LOWERINGS[aten.bitwise_or] = _boolean(P.logical_or)
+LOWERINGS[aten.bitwise_xor] = _boolean(P.ne)
+
+
+@lowers(aten.bitwise_not)
+def _bitwise_not(b, out, x):
+    if out.dtype != torch.bool:
+        raise NotImplementedError(f"tritonfunc: bitwise not on {out.dtype} tensors is not supported")
+    return b.logical_not(x)
+
+
 @lowers(aten.rsub)
 def _rsub(b, out, a, c, *, alpha=1):
     return (
@@ -333,8 +379,10 @@ def _rsub(b, out, a, c, *, alpha=1):
     )
 
 
-@lowers(aten.div)
+@lowers(aten.div, aten.true_divide)
 def _div(b, out, a, c, *, rounding_mode=None):
+    if rounding_mode == "floor" and not out.dtype.is_floating_point:
+        return _floor_divide(b, out, a, c)
     ftype = out.dtype if out.dtype.is_floating_point else torch.float64
     q = b.emit(P.div, [b.operand(a, ftype, out.shape), b.operand(c, ftype, out.shape)])
     if rounding_mode == "floor":
@@ -347,12 +395,16 @@ def _div(b, out, a, c, *, rounding_mode=None):
 
 @lowers(aten.floor_divide)
 def _floor_divide(b, out, a, c):
+    if not out.dtype.is_floating_point:
+        return b.floordiv(b.operand(a, out.dtype, out.shape), b.operand(c, out.dtype, out.shape))
     return _div(b, out, a, c, rounding_mode="floor")
 
 
 @lowers(aten.remainder)
 def _remainder(b, out, a, c):
-    ftype = out.dtype if out.dtype.is_floating_point else torch.float64
+    if not out.dtype.is_floating_point:
+        return b.mod(b.operand(a, out.dtype, out.shape), b.operand(c, out.dtype, out.shape))
+    ftype = out.dtype
     a, c = b.operand(a, ftype, out.shape), b.operand(c, ftype, out.shape)
     q = b.emit(P.floor, [b.emit(P.div, [a, c])])
     return b.cast(b.emit(P.sub, [a, b.emit(P.mul, [q, c])]), out.dtype)
@@ -396,11 +448,15 @@ def _masked_fill(b, out, x, mask, value):
 
 @lowers(aten.clamp, aten.clamp_min, aten.clamp_max)
 def _clamp(b, out, x, lo=None, hi=None):
+    # Selects rather than maximum/minimum: torch passes the whole derivative to x at a bound, and
+    # min(max(x, lo), hi) gives hi when lo > hi.
     y = b.operand(x, out.dtype, out.shape)
     if lo is not None:
-        y = b.emit(P.maximum, [y, b.operand(lo, out.dtype, out.shape)])
+        lo = b.operand(lo, out.dtype, out.shape)
+        y = b.where(b.lt(y, lo), lo, y)
     if hi is not None:
-        y = b.emit(P.minimum, [y, b.operand(hi, out.dtype, out.shape)])
+        hi = b.operand(hi, out.dtype, out.shape)
+        y = b.where(b.gt(y, hi), hi, y)
     return y
 
 
@@ -576,8 +632,8 @@ def _nll_loss(b, out, x, target, weight, reduction, ignore_index):
     valid = b.ne(target, b.full(ignore_index, target.dtype, (n,)))
     if weight is None:
         w = b.convert(valid, dtype=dtype)
-    else:
-        wc = b.emit(P.broadcast_in_dim, [b.cast(weight, dtype)], shape=(n, c), dims=(1,))
+    else:  # torch.func does not differentiate the class weights
+        wc = b.emit(P.broadcast_in_dim, [b.stop_gradient(b.cast(weight, dtype))], shape=(n, c), dims=(1,))
         w = b.where(valid, b.reduce_sum(b.where(onehot, wc, zero), axes=(1,)), b.full(0, dtype, (n,)))
     losses = b.neg(b.mul(picked, w))
     total_weight = b.reduce_sum(w, axes=(0,))
@@ -669,9 +725,11 @@ def _unbind(b, out, x, dim=0):
 
 @lowers(aten.cat)
 def _cat(b, out, tensors, dim=0):
-    parts = [b.cast(t, out.dtype) for t in tensors if not (len(t.shape) == 1 and t.shape[0] == 0)]
+    parts = [b.cast(t, out.dtype) for t in tensors if math.prod(t.shape) > 0]
+    if not parts:
+        return b.full(0, out.dtype, out.shape)
     if len(parts) == 1:
-        return parts[0]
+        return b.reshape(parts[0], out.shape)
     return b.emit(P.concatenate, parts, axis=dim % len(out.shape))
 
 
@@ -722,18 +780,22 @@ def _addmm(b, out, bias, a, c, *, beta=1, alpha=1):
 
 def _draw_seed(generator) -> torch.Tensor:
     """A fresh Philox seed from torch's generator, so torch.manual_seed makes runs repeatable."""
-    return torch.randint(0, 2**62, (), dtype=torch.int64, generator=generator)
+    with _disable_current_modes():  # an enclosing trace's random-op mode must not catch this draw
+        return torch.randint(0, 2**62, (), dtype=torch.int64, generator=generator)
 
 
-def _random_values(b: Builder, shape, dtype, normal: bool, generator=None) -> Var:
+def _random_values(b: Builder, shape, dtype, normal: bool, generator=None, data: Var | None = None) -> Var:
+    """Random values; `data` is the tensor argument the draw is for (bernoulli's p), which vmap's
+    "same" randomness refuses when batched."""
     seed = b.const(_draw_seed(generator))
-    return b.emit(P.rand, [seed], shape=tuple(shape), dtype=dtype, normal=normal)
+    inputs = [seed] if data is None else [seed, data]
+    return b.emit(P.rand, inputs, shape=tuple(shape), dtype=dtype, normal=normal)
 
 
 def _lower_random(b: Builder, func, args, kwargs):
     packet = func.overloadpacket
     generator = kwargs.get("generator")
-    meta_kwargs = {k: v for k, v in kwargs.items() if k != "generator"}
+    meta_kwargs = {k: (None if k == "generator" else v) for k, v in kwargs.items()}
     if "device" in meta_kwargs:
         meta_kwargs["device"] = "meta"
     elif packet in (aten.rand, aten.randn):
@@ -743,10 +805,10 @@ def _lower_random(b: Builder, func, args, kwargs):
     if packet in (aten.rand, aten.rand_like, aten.randn, aten.randn_like):
         return _random_values(b, out.shape, out.dtype, packet in (aten.randn, aten.randn_like), generator)
     if packet is aten.bernoulli and func is not aten.bernoulli.p:
-        p = args[1] if len(args) > 1 and not isinstance(args[1], torch.Generator) else args[0]
-        p = p._var if isinstance(p, Tracer) and p._builder is b else b.const(p) if isinstance(p, torch.Tensor) else p
-        u = _random_values(b, out.shape, out.dtype, False, generator)
-        return b.convert(b.lt(u, b.operand(p, out.dtype, out.shape)), dtype=out.dtype)
+        p = args[0]._var if isinstance(args[0], Tracer) and args[0]._builder is b else b.const(args[0])
+        p = b.operand(p, out.dtype, out.shape)
+        u = _random_values(b, out.shape, out.dtype, False, generator, data=p)
+        return b.convert(b.lt(u, p), dtype=out.dtype)
     if func is aten.bernoulli.p:
         u = _random_values(b, out.shape, out.dtype, False, generator)
         return b.convert(b.lt(u, b.like(u, args[1])), dtype=out.dtype)
@@ -815,11 +877,14 @@ def inline(b: Builder, graph: Graph, inputs: list) -> list[Tracer]:
 # The entry point.
 
 
+TENSOR = object()  # marks the output leaves that are graph outputs
+
+
 def trace(fn: Callable, args: tuple, kwargs: dict | None = None, *, device=None):
     """Traces fn(*args, **kwargs).  Tensor leaves of args become graph inputs, in flattened order.
 
     Returns (graph, out_spec, out_leaves) where out_leaves holds the output's non-tensor leaves
-    (None where a leaf is a graph output).
+    (TENSOR where a leaf is a graph output).
     """
     kwargs = kwargs or {}
     leaves, in_spec = pytree.tree_flatten((args, kwargs))
@@ -851,10 +916,10 @@ def trace(fn: Callable, args: tuple, kwargs: dict | None = None, *, device=None)
     for x in out_leaves:
         if isinstance(x, Tracer) and x._builder is b:
             outputs.append(x._var)
-            statics.append(None)
+            statics.append(TENSOR)
         elif isinstance(x, torch.Tensor):
             outputs.append(b.const(x))
-            statics.append(None)
+            statics.append(TENSOR)
         else:
             statics.append(x)
     graph = Graph(

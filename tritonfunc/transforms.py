@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from . import primitives as P
 from .graph import Graph, Var
+from .primitives import with_batch_axis
 from .trace import Builder
 
 
@@ -77,8 +78,12 @@ def vjp_rule(b: Builder, prim: P.Primitive, primals, out, ct, params) -> list[Va
     raise NotImplementedError(f"tritonfunc: primitive {prim.name} has no reverse-mode rule")
 
 
-def _carries_derivative(node) -> bool:
-    return not (node.no_grad or node.prim.nondiff or not _differentiable(node.out))
+def _carries_derivative(node, forward: bool = False) -> bool:
+    """Whether a node's output has a derivative.  Reverse mode obeys the user's no_grad blocks;
+    forward mode, like torch's forward AD, does not."""
+    if node.no_grad and not forward:
+        return False
+    return not (node.prim.nondiff or not _differentiable(node.out))
 
 
 def jvp_graph(graph: Graph, wrt: list[bool]) -> tuple[Graph, list[bool]]:
@@ -97,7 +102,7 @@ def jvp_graph(graph: Graph, wrt: list[bool]) -> tuple[Graph, list[bool]]:
     for node in graph.nodes:
         out = c.copy(node)
         tans = [tangent.get(v) for v in node.inputs]
-        if _carries_derivative(node) and any(t is not None for t in tans):
+        if _carries_derivative(node, forward=True) and any(t is not None for t in tans):
             t = jvp_rule(b, node.prim, [c.env[v] for v in node.inputs], tans, out, node.params)
             if t is not None:
                 tangent[node.out] = t
@@ -163,7 +168,14 @@ def vmap_graph(graph: Graph, batched: list[bool], size: int, randomness: str = "
                     "vmap: called random operation while in randomness error mode. Please either use the 'same' or "
                     "'different' randomness flags on vmap or perform the randomness operation out of vmap"
                 )
+            if randomness == "same" and any(flags):
+                raise RuntimeError(
+                    "Vmap does not currently support same randomness with a batched tensor input. Please file an "
+                    "issue with functorch"
+                )
             shape = (size, *node.params["shape"]) if randomness == "different" else node.params["shape"]
+            if randomness == "different":
+                ins = [ins[0]] + [with_batch_axis(b, v, f, size) for v, f in zip(ins[1:], flags[1:])]
             out = b.emit(P.rand, ins, no_grad=node.no_grad, **{**node.params, "shape": shape})
             is_batched[node.out] = randomness == "different"
         elif any(flags):
