@@ -170,13 +170,11 @@ class _Emitter:
             if node.prim.kind == "view" and node.prim.lower is None:
                 self.names[id(entry)] = self.names[id(entry.inputs[0])]  # same register, re-indexed
                 return args[0]
-            if node.prim is P.convert and node.out.dtype in _HALF:
-                rounded = "_round_bf16" if node.out.dtype == torch.bfloat16 else ""
-                text = (
-                    f"{rounded}({args[0]}.to(tl.float32).to({_TL[node.out.dtype]})).to(tl.float32)"
-                    if not rounded
-                    else f"_round_bf16({args[0]}.to(tl.float32)).to(tl.float32)"
-                )
+            # A cast to half precision rounds there, then computing goes on in fp32.
+            if node.prim is P.convert and node.out.dtype == torch.float16:
+                text = f"{args[0]}.to(tl.float16).to(tl.float32)"
+            elif node.prim is P.convert and node.out.dtype == torch.bfloat16:
+                text = f"_round_bf16({args[0]}.to(tl.float32)).to(tl.float32)"
             else:
                 text = node.prim.lower(args, node, entry.index)
         name = self.fresh()
@@ -245,7 +243,7 @@ def _rows_body(em: _Emitter, kernel: Kernel, body: list[str], pid: str):
         body += [f"c = tl.arange(0, {block_c})[None, :]", f"cmask = c < {d.cols}", "mask = rmask & cmask"]
         scope = Scope(body)
         for e in reductions:
-            _finish_reduction(em, e, em.expr(e.inputs[0], scope), body, block_r, block_c)
+            _finish_reduction(em, e, em.expr(e.inputs[0], scope), body)
         for v, e in kernel.stores:
             em.store(v, e, scope)
         return grid, {v: 1 for v in em.loads}
@@ -262,9 +260,13 @@ def _rows_body(em: _Emitter, kernel: Kernel, body: list[str], pid: str):
                 continue
             rule = P.REDUCTIONS[item.node.prim.name]
             acc = em.fresh("acc")
-            ident = P._literal(rule.identity(item.var.dtype), item.var.dtype)
-            pre.append(f"{acc} = tl.full([{block_r}, {block_c}], {ident}, {tl_dtype(item.var.dtype)})")
+            # Booleans accumulate as int32 (any/all are max/min over 0 and 1).
+            acc_dtype = torch.int32 if item.var.dtype == torch.bool else item.var.dtype
+            ident = P._literal(rule.identity(item.var.dtype), acc_dtype)
+            pre.append(f"{acc} = tl.full([{block_r}, {block_c}], {ident}, {tl_dtype(acc_dtype)})")
             value = em.expr(item.inputs[0], scope)
+            if item.var.dtype == torch.bool:
+                value = f"{value}.to(tl.int32)"
             inner.append(f"{acc} = " + rule.combine.format(a=acc, b=f"tl.where(mask, {value}, {ident})"))
             accumulators.append((item, acc))
         for v in em.loads:
@@ -280,7 +282,7 @@ def _rows_body(em: _Emitter, kernel: Kernel, body: list[str], pid: str):
         body += ["    " + line for line in inner]
         em.forget_column_values()
         for item, acc in accumulators:
-            _finish_reduction(em, item, acc, body, block_r, block_c, accumulated=True)
+            _finish_reduction(em, item, acc, body, accumulated=True)
     for v, e in per_row:
         em.store(v, e, Scope(body))
     for v in em.loads:
@@ -292,9 +294,7 @@ def _mentions(line: str, name: str) -> bool:
     return re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", line) is not None
 
 
-def _finish_reduction(
-    em: _Emitter, entry: Entry, value: str, body: list[str], block_r: int, block_c: int, accumulated=False
-):
+def _finish_reduction(em: _Emitter, entry: Entry, value: str, body: list[str], accumulated=False):
     rule = P.REDUCTIONS[entry.node.prim.name]
     dtype = entry.var.dtype
     ident = P._literal(rule.identity(dtype), dtype)

@@ -505,11 +505,7 @@ def _concat_shape(*xs, axis):
 
 
 def _concat_offsets(node) -> list[int]:
-    offs, acc = [], 0
-    for v in node.inputs:
-        offs.append(acc)
-        acc += v.shape[node.params["axis"]]
-    return offs
+    return _offsets(node.inputs, node.params["axis"])
 
 
 def _concat_index(node, index):
