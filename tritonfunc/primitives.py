@@ -403,9 +403,11 @@ def _broadcast_shape(x, *, shape, dims):
 
 
 def _broadcast_impl(x, *, shape, dims):
+    order = sorted(range(len(dims)), key=lambda i: dims[i])  # dims need not be increasing
+    x = x.permute(order)
     view = [1] * len(shape)
-    for i, d in enumerate(dims):
-        view[d] = x.shape[i]
+    for k, i in enumerate(order):
+        view[dims[i]] = x.shape[k]
     return x.reshape(view).expand(shape)
 
 
@@ -426,12 +428,14 @@ broadcast_in_dim = _register(
 
 
 def _broadcast_transpose(b, ct, ins, out, *, shape, dims):
-    # The adjoint of a broadcast is a sum over the broadcast axes.
+    # The adjoint of a broadcast is a sum over the broadcast axes (then x's own axis order).
     (x,) = ins
-    new_axes = [d for d in range(len(shape)) if d not in dims]
-    stretched = [d for i, d in enumerate(dims) if x.shape[i] == 1 and shape[d] != 1]
-    axes = tuple(sorted(new_axes + stretched))
-    return [b.reshape(b.reduce_sum(ct, axes=axes) if axes else ct, x.shape)]
+    stretched = {d for i, d in enumerate(dims) if x.shape[i] == 1 and shape[d] != 1}
+    axes = tuple(sorted(set(range(len(shape))) - set(dims) | stretched))
+    summed = b.reduce_sum(ct, axes=axes) if axes else ct
+    remaining = [d for d in range(len(shape)) if d not in axes]
+    perm = [remaining.index(d) for d in dims if d not in stretched]
+    return [b.reshape(b.transpose(summed, perm), x.shape)]
 
 
 broadcast_in_dim.transpose = _broadcast_transpose

@@ -138,6 +138,28 @@ class Tracer(torch.Tensor):
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
+        # x[t] with a 0-d integer tensor t: torch would read t on the host (.item()); index with
+        # t as a one-element tensor instead (a gather) and drop that axis.
+        if func is torch.Tensor.__getitem__ and len(args) == 2:
+            x, key = args
+            keys = key if isinstance(key, tuple) else (key,)
+            zero_d = [
+                i
+                for i, k in enumerate(keys)
+                if isinstance(k, torch.Tensor)
+                and k.dim() == 0
+                and not k.dtype.is_floating_point
+                and k.dtype != torch.bool
+            ]
+            if zero_d and all(isinstance(k, (int, slice, torch.Tensor)) for k in keys) and Ellipsis not in keys:
+                i = zero_d[0]
+                new = tuple(k.reshape(1) if j == i else k for j, k in enumerate(keys))
+                picked = x[new if len(new) > 1 else new[0]]
+                # the gathered axis sits where the index was, after the int-indexed axes before it
+                axis = sum(
+                    1 for k in keys[:i] if not isinstance(k, int) and not (isinstance(k, torch.Tensor) and k.dim() == 0)
+                )
+                return picked.squeeze(axis)
         # torch.matmul with a 1-D operand squeezes its result in place (squeeze_), which a tracer
         # cannot do to its own shape: give it 2-D operands and reshape the result instead.
         if func in _MATMULS and not kwargs and len(args) == 2:
@@ -193,7 +215,13 @@ def _dispatch(func, args, kwargs):
             if str(func) in str(e):
                 raise
             raise NotImplementedError(f"tritonfunc: operator {func} is not supported ({e})") from e
-    out_meta = func(*pytree.tree_map(_to_meta, args), **pytree.tree_map(_to_meta, kwargs))
+    try:
+        out_meta = func(*pytree.tree_map(_to_meta, args), **pytree.tree_map(_to_meta, kwargs))
+    except NotImplementedError as e:  # e.g. boolean-mask indexing: its shape depends on the values
+        raise NotImplementedError(
+            f"tritonfunc: operator {func} is not supported: its output shape depends on tensor values, which a "
+            f"traced graph cannot represent ({e})"
+        ) from e
 
     def as_var(x):
         if isinstance(x, Tracer) and x._builder is b:
@@ -731,6 +759,60 @@ def _cat(b, out, tensors, dim=0):
     if len(parts) == 1:
         return b.reshape(parts[0], out.shape)
     return b.emit(P.concatenate, parts, axis=dim % len(out.shape))
+
+
+# -- gathers, as a one-hot select and a sum over the indexed axis (no data-dependent addresses) ------
+
+
+def _check_index_range(idx: Var, size: int, builder: Builder) -> None:
+    """Out-of-range indices raise as in torch when they are known (a captured tensor)."""
+    for value, var in zip(builder.const_values, builder.const_vars.values()):
+        if var is idx and value.numel() and ((value >= size) | (value < -size)).any():
+            bad = value[(value >= size) | (value < -size)].flatten()[0].item()
+            raise IndexError(f"index {bad} is out of bounds for dimension with size {size}")
+
+
+def _one_hot_pick(b: Builder, x: Var, axis: int, idx: Var, full_shape, x_dims, idx_dims) -> Var:
+    """sum_k where(k == idx, x, 0) over `axis` of `full_shape`."""
+    size = full_shape[axis]
+    _check_index_range(idx, size, b)
+    idx = b.where(b.lt(idx, b.like(idx, 0)), b.add(idx, b.like(idx, size)), idx)  # negative indices wrap
+    xb = b.broadcast_in_dim(x, shape=full_shape, dims=x_dims)
+    ib = b.broadcast_in_dim(idx, shape=full_shape, dims=idx_dims)
+    hit = b.eq(b.iota(shape=full_shape, dim=axis, dtype=idx.dtype), ib)
+    return b.reduce_sum(b.where(hit, xb, b.full(0, x.dtype, full_shape)), axes=(axis,))
+
+
+@lowers(aten.index)
+def _index(b, out, x, indices):
+    tensors = [(d, i) for d, i in enumerate(indices) if i is not None]
+    if len(tensors) != 1 or tensors[0][1].dtype == torch.bool:
+        raise NotImplementedError(
+            "tritonfunc: indexing with a boolean mask or with more than one index tensor (aten.index.Tensor) "
+            "is not supported"
+        )
+    d, idx = tensors[0]
+    pre, post, n = x.shape[:d], x.shape[d + 1 :], len(idx.shape)
+    full_shape = (*pre, *idx.shape, x.shape[d], *post)
+    axis = len(pre) + n
+    x_dims = (*range(len(pre)), axis, *range(axis + 1, len(full_shape)))
+    return _one_hot_pick(b, x, axis, idx, full_shape, x_dims, tuple(range(len(pre), axis)))
+
+
+@lowers(aten.gather)
+def _gather(b, out, x, dim, idx, *, sparse_grad=False):
+    dim = dim % max(len(x.shape), 1)
+    if any(i != s for k, (i, s) in enumerate(zip(idx.shape, x.shape)) if k != dim):
+        x = b.slice(
+            x,
+            start=(0,) * len(x.shape),
+            stop=tuple(s if k == dim else i for k, (i, s) in enumerate(zip(idx.shape, x.shape))),
+            step=(1,) * len(x.shape),
+        )
+    rank = len(idx.shape)
+    full_shape = (*idx.shape, x.shape[dim])
+    x_dims = tuple(rank if k == dim else k for k in range(rank))
+    return _one_hot_pick(b, x, rank, idx, full_shape, x_dims, tuple(range(rank)))
 
 
 # -- contractions, as a broadcast multiply and a reduction (memory-bound, but it fuses) -----------
