@@ -170,6 +170,12 @@ def _arg_leaf_mask(args: tuple, kwargs: dict, selected: set[int]) -> list[bool]:
 
 def vjp(func: Callable, *primals, has_aux: bool = False):
     """Returns (func(*primals), vjp_fn) or, with has_aux, (output, vjp_fn, aux)."""
+    return _vjp(func, primals, has_aux, compute_output=True)
+
+
+def _vjp(func: Callable, primals: tuple, has_aux: bool, compute_output: bool):
+    """vjp; without compute_output the outputs are uninitialised tensors of the right shapes (jacrev
+    only needs their shapes, and the backward kernels recompute what they need)."""
     _check_tensor_leaves(primals)
     api = "vjp(f, *primals)"
     spec_box = {}
@@ -189,8 +195,12 @@ def vjp(func: Callable, *primals, has_aux: bool = False):
 
     tensors = _tensor_leaves(primals)
     graph, full_spec, _ = trace(traced, primals, {}, device=_device_of(tensors))
-    results = run_graph(graph, tensors)
     out_spec, n_out = spec_box["out"], spec_box["n_out"]
+    if compute_output or has_aux or innermost_builder(tensors + graph.const_values) is not None:
+        results = run_graph(graph, tensors)
+    else:
+        device = _device_of(tensors)
+        results = [torch.empty(v.shape, dtype=v.dtype, device=device) for v in graph.outputs]
     primals_out = pytree.tree_unflatten(results[:n_out], out_spec)
     backward = vjp_graph(graph, [True] * len(tensors), ct_for=[True] * n_out + [False] * (len(results) - n_out))
     backward = _outputs_only(backward, len(graph.outputs))
@@ -564,12 +574,13 @@ def _with_args(func: Callable, args: tuple, argnums) -> Callable:
     return partial_func
 
 
-def _basis(flat: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Rows of an identity over the concatenated elements of `flat`, split and shaped per tensor."""
+def _basis_row(index: torch.Tensor, flat: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Row `index` of an identity over the concatenated elements of `flat`, split and shaped per
+    tensor.  Under vmap over the indices the rows are computed in the kernel (iota == index), so a
+    Jacobian never reads an n x n basis from memory."""
     total = sum(t.numel() for t in flat)
-    eye = torch.eye(total, dtype=flat[0].dtype, device=flat[0].device)
-    pieces = eye.split([t.numel() for t in flat], dim=1)
-    return [p.reshape(total, *t.shape) for p, t in zip(pieces, flat)]
+    row = (torch.arange(total, device=index.device) == index).to(flat[0].dtype)
+    return [p.reshape(t.shape) for p, t in zip(row.split([t.numel() for t in flat]), flat)]
 
 
 def jacrev(
@@ -588,16 +599,16 @@ def jacrev(
     def wrapper_fn(*args):
         selected = _check_argnums(argnums, len(args))
         diff = tuple(args[i] for i in _as_tuple(selected))
-        result = vjp(_with_args(func, args, selected), *diff, has_aux=has_aux)
+        result = _vjp(_with_args(func, args, selected), diff, has_aux, compute_output=False)
         output, vjp_fn = result[0], result[1]
         flat_out, out_spec = pytree.tree_flatten(output)
-        basis = _basis(flat_out)
-        cts = pytree.tree_unflatten(basis, out_spec)
+        pull_row = lambda i: vjp_fn(pytree.tree_unflatten(_basis_row(i, flat_out), out_spec))  # noqa: E731
+        indices = torch.arange(sum(o.numel() for o in flat_out), device=flat_out[0].device)
         if chunk_size == 1:  # a plain loop, as torch.func does: no vmap restrictions apply
-            rows = [vjp_fn(pytree.tree_map(lambda b, i=i: b[i], cts)) for i in range(basis[0].shape[0])]
+            rows = [pull_row(i) for i in indices]
             grads = pytree.tree_map(lambda *xs: torch.stack(xs), *rows) if rows else None
         else:
-            grads = vmap(vjp_fn, chunk_size=chunk_size)(cts)
+            grads = vmap(pull_row, chunk_size=chunk_size)(indices)
         flat_in, in_spec = pytree.tree_flatten(diff)
         flat_grads = pytree.tree_leaves(grads)
         jac = []
@@ -625,14 +636,15 @@ def jacfwd(func: Callable, argnums: argnums_t = 0, has_aux: bool = False, *, ran
         diff = tuple(args[i] for i in _as_tuple(selected))
         _check_tensor_leaves(diff)
         flat_in, in_spec = pytree.tree_flatten(diff)
-        basis = pytree.tree_unflatten(_basis(flat_in), in_spec)
         partial_func = _with_args(func, args, selected)
 
-        def push_jvp(tangents):
+        def push_jvp(index):
+            tangents = pytree.tree_unflatten(_basis_row(index, flat_in), in_spec)
             result = jvp(partial_func, diff, tangents, has_aux=has_aux)
             return (result[1], result[2]) if has_aux else result[1]
 
-        pushed = vmap(push_jvp, randomness=randomness)(basis)
+        indices = torch.arange(sum(x.numel() for x in flat_in), device=flat_in[0].device)
+        pushed = vmap(push_jvp, randomness=randomness)(indices)
         tangents_out, aux = pushed if has_aux else (pushed, None)
         flat_out, out_spec = pytree.tree_flatten(tangents_out)
         numels = [x.numel() for x in flat_in]

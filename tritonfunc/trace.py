@@ -856,8 +856,8 @@ def _addmm(b, out, bias, a, c, *, beta=1, alpha=1):
 
 
 # ---------------------------------------------------------------------------------------------
-# Random operators.  Factories such as torch.randn(3) take no tensor, so they never reach a
-# Tracer: a dispatch mode active while tracing catches every seeded random operator instead.
+# Random operators and factories.  torch.randn(3) or torch.arange(5) take no tensor, so they never
+# reach a Tracer: a dispatch mode active while tracing catches them instead.
 
 
 def _draw_seed(generator) -> torch.Tensor:
@@ -920,13 +920,39 @@ def _lower_random(b: Builder, func, args, kwargs):
     raise NotImplementedError(f"tritonfunc: random operator {func} is not supported")
 
 
-class _RandomOps(TorchDispatchMode):
+def _lower_factory(b: Builder, func, args, kwargs) -> Var:
+    """torch.arange/zeros/ones/full/eye/empty inside a traced function: values computed in the kernel
+    (iota and constants) instead of tensors built by torch and read from memory."""
+    meta_kwargs = {**kwargs, "device": "meta"}
+    out = func(*args, **meta_kwargs)
+    packet = func.overloadpacket
+    if packet is aten.arange:
+        start, step = (0, 1) if len(args) == 1 else (args[0], args[2] if len(args) > 2 else 1)
+        count = b.iota(shape=out.shape, dim=0, dtype=torch.int64 if not out.dtype.is_floating_point else out.dtype)
+        values = b.add(b.mul(count, b.like(count, step)), b.like(count, start))
+        return b.cast(values, out.dtype)
+    if packet is aten.eye:
+        rows = b.iota(shape=out.shape, dim=0, dtype=torch.int64)
+        return b.cast(b.eq(rows, b.iota(shape=out.shape, dim=1, dtype=torch.int64)), out.dtype)
+    value = {aten.ones: 1, aten.full: args[1] if len(args) > 1 else 0, aten.scalar_tensor: args[0]}.get(packet, 0)
+    return b.full(value, out.dtype, out.shape)
+
+
+_FACTORIES = {aten.arange, aten.zeros, aten.ones, aten.full, aten.eye, aten.empty, aten.scalar_tensor}
+
+
+class _TracingMode(TorchDispatchMode):
+    """Active while a function is traced: catches the operators that take no tensor (factories and
+    seeded random draws), which would otherwise never reach a Tracer."""
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if torch.Tag.nondeterministic_seeded not in func.tags:
+        random = torch.Tag.nondeterministic_seeded in func.tags
+        factory = func.overloadpacket in _FACTORIES and kwargs.get("layout") in (None, torch.strided)
+        if not (random or factory):
             return func(*args, **kwargs)
         b = innermost_builder(pytree.tree_leaves((args, kwargs))) or _TRACE_STACK[-1]
-        out = _lower_random(b, func, args, kwargs)
+        out = _lower_random(b, func, args, kwargs) if random else _lower_factory(b, func, args, kwargs)
         return pytree.tree_map(lambda v: Tracer(b, v) if isinstance(v, Var) else v, out)
 
 
@@ -989,7 +1015,7 @@ def trace(fn: Callable, args: tuple, kwargs: dict | None = None, *, device=None)
     _TRACE_STACK.append(b)
     try:
         # A no_grad around the transform does not reach inside it.
-        with torch.enable_grad(), _RandomOps():
+        with torch.enable_grad(), _TracingMode():
             out = fn(*targs, **tkwargs)
     finally:
         _TRACE_STACK.pop()
