@@ -264,3 +264,14 @@ def test_many_rows_use_several_programs():
     rec = launches(softmax, x)
     assert rec.count == 1
     assert rec.launches[0].grid[0] > 1
+
+
+def test_long_full_reduction_is_split_across_many_programs(interpreter):
+    """A sum of 2**16 elements into one value would run as a single program (one GPU SM): it is
+    split into partial sums over column blocks, then a small sum of the partials."""
+    x = torch.randn(1 << 16, dtype=torch.float64)
+    with tritonfunc.record_launches() as rec:
+        got = tritonfunc.jit(lambda x: (x.sin() * 2).sum())(x)
+    torch.testing.assert_close(got, (x.sin() * 2).sum())
+    assert rec.count == 2
+    assert rec.launches[0].grid[0] >= 8 and rec.launches[1].grid == (1,)

@@ -23,6 +23,12 @@ from .indexing import Idx, Index, unravel
 # A row kernel keeps a whole row in registers up to this many columns; longer rows loop over
 # column blocks, one loop per chain of dependent reductions (recomputing the loop's prologue).
 MAX_ROW_TILE = 4096
+# A reduction of this many elements or more into fewer than SPLIT_MAX_ROWS rows would leave most of
+# a GPU idle (one program per row): it is split into partial reductions over SPLIT_CHUNK-ish
+# column blocks (many programs), then a small reduction of the partials.
+SPLIT_MIN_ELEMENTS = 1 << 16
+SPLIT_MAX_ROWS = 64
+SPLIT_CHUNK = 2048
 
 
 # ---------------------------------------------------------------------------------------------
@@ -37,8 +43,51 @@ def _param_key(p):
     return (type(p).__name__, p)
 
 
+def _split_factor(rows: int, cols: int) -> int | None:
+    """How many partial reductions to split each row into, or None to keep it whole."""
+    if rows >= SPLIT_MAX_ROWS or rows * cols < SPLIT_MIN_ELEMENTS:
+        return None
+    parts = 1 << max(0, (cols // SPLIT_CHUNK).bit_length() - 1)
+    while parts >= 8:
+        if cols % parts == 0:
+            return parts
+        parts //= 2
+    return None
+
+
+def _split_reduction(n: Node) -> list[Node] | None:
+    """reduce(x) over a long axis as reduce(reduce(x as [rows, parts, cols / parts]))."""
+    (x,) = n.inputs
+    axes = n.params["axes"]
+    kept = [d for d in range(len(x.shape)) if d not in axes]
+    rows, cols = n.out.numel, math.prod(x.shape[a] for a in axes)
+    parts = _split_factor(rows, cols)
+    if parts is None:
+        return None
+    nodes: list[Node] = []
+
+    def add(prim, inputs, **params) -> Var:
+        shape, dtype = prim.shape_rule(*[(v.shape, v.dtype) for v in inputs], **params)
+        out = Var(shape, dtype)
+        nodes.append(Node(prim, inputs, params, out, n.no_grad))
+        return out
+
+    v = x
+    if kept + list(axes) != list(range(len(x.shape))):
+        v = add(P.transpose, [v], perm=tuple(kept + list(axes)))
+    v = add(P.reshape, [v], shape=(rows, parts, cols // parts))
+    partial = add(n.prim, [v], axes=(2,))
+    whole = add(n.prim, [partial], axes=(1,))
+    nodes.append(Node(P.reshape, [whole], {"shape": n.out.shape}, n.out, n.no_grad))
+    return nodes
+
+
 def simplify(graph: Graph) -> Graph:
-    """Common-subexpression elimination, then dead-code elimination."""
+    """Splits long reductions, then common-subexpression elimination, then dead-code elimination."""
+    split: list[Node] = []
+    for n in graph.nodes:
+        split.extend((_split_reduction(n) if n.prim.kind == "reduction" else None) or [n])
+    graph = Graph(graph.inputs, split, graph.outputs, graph.num_consts, graph.const_values)
     rename: dict[Var, Var] = {}
     seen: dict[tuple, Var] = {}
     nodes: list[Node] = []
