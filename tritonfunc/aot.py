@@ -38,11 +38,12 @@ def _start() -> subprocess.Popen:
 
 
 @functools.cache
-def compile_sm90(path: str, name: str, signature: tuple) -> dict:
+def compile_sm90(path: str, name: str, signature: tuple, num_warps: int = 4) -> dict:
     """Compiles kernel `name` from the source file `path`; returns its metadata or raises."""
+    request = {"path": path, "name": name, "signature": dict(signature), "num_warps": num_warps}
     with _lock:
         worker = _start()
-        worker.stdin.write(json.dumps({"path": path, "name": name, "signature": dict(signature)}) + "\n")
+        worker.stdin.write(json.dumps(request) + "\n")
         worker.stdin.flush()
         reply = json.loads(worker.stdout.readline() or '{"error": "the sm_90 compile worker died"}')
     if "error" in reply:
@@ -52,7 +53,7 @@ def compile_sm90(path: str, name: str, signature: tuple) -> dict:
     return reply
 
 
-def _compile_here(path: str, name: str, signature: dict) -> dict:
+def _compile_here(path: str, name: str, signature: dict, num_warps: int = 4) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -60,7 +61,8 @@ def _compile_here(path: str, name: str, signature: dict) -> dict:
     spec = importlib.util.spec_from_file_location(f"tritonfunc_aot_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    compiled = triton.compile(ASTSource(getattr(module, name), signature, {}), target=GPUTarget("cuda", 90, 32))
+    source = ASTSource(getattr(module, name), signature, {})
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
     meta = compiled.metadata
     return {
         "registers": getattr(compiled, "n_regs", None),
@@ -74,7 +76,7 @@ def _serve():
     for line in sys.stdin:
         request = json.loads(line)
         try:
-            reply = _compile_here(request["path"], request["name"], request["signature"])
+            reply = _compile_here(request["path"], request["name"], request["signature"], request.get("num_warps", 4))
         except Exception as e:  # the error text goes back to the test that generated the kernel
             reply = {"error": f"{type(e).__name__}: {e}"}
         sys.stdout.write(json.dumps(reply) + "\n")

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from . import primitives as P
+from . import schedule
 from .graph import Var
 from .indexing import contiguous_strides, ravel
-from .schedule import MAX_ROW_TILE, Entry, Kernel
+from .schedule import Entry, Kernel
 
 POINTWISE_BLOCK = 1024  # elements per program of a pointwise kernel
 ROW_TILE = 4096  # elements per program of a row kernel (BLOCK_R * BLOCK_C)
@@ -108,6 +109,12 @@ class KernelSource:
     signature: dict[str, str]  # for ahead-of-time compilation
     bytes_read: int
     bytes_written: int
+    num_warps: int = 4
+
+
+def _num_warps(tile_elements: int) -> int:
+    """Warps per program: more for wide row tiles, so each thread holds a bounded slice of the row."""
+    return 4 if tile_elements <= 2048 else 8 if tile_elements <= 8192 else 16
 
 
 def _mask_for(deps: frozenset[str], pointwise: bool) -> str | None:
@@ -215,8 +222,9 @@ def generate(kernel: Kernel, strides: dict[Var, tuple[int, ...]]) -> KernelSourc
         for var, entry in kernel.stores:
             em.store(var, entry, Scope(body))
         passes = {v: 1 for v in em.loads}
+        warps = 4
     else:
-        grid, passes = _rows_body(em, kernel, body, pid)
+        grid, passes, warps = _rows_body(em, kernel, body, pid)
     args = em.loads + em.stores
     params = [f"in{i}" for i in range(len(em.loads))] + [f"out{i}" for i in range(len(em.stores))]
     comment = _describe(kernel)
@@ -226,12 +234,12 @@ def generate(kernel: Kernel, strides: dict[Var, tuple[int, ...]]) -> KernelSourc
     signature = {p: "*" + _SIG[v.dtype] for p, v in zip(params, args)}
     read = sum(_distinct_elements(kernel, v, strides) * v.dtype.itemsize * passes.get(v, 1) for v in em.loads)
     written = sum(v.numel * v.dtype.itemsize for v in em.stores)
-    return KernelSource(kernel.name, src, args, len(em.loads), grid, signature, read, written)
+    return KernelSource(kernel.name, src, args, len(em.loads), grid, signature, read, written, warps)
 
 
 def _rows_body(em: _Emitter, kernel: Kernel, body: list[str], pid: str):
     d = kernel.domain
-    looping = d.cols > MAX_ROW_TILE
+    looping = d.cols > schedule.MAX_ROW_TILE
     block_c = LOOP_BLOCK_C if looping else _pow2(d.cols)
     block_r = min(_pow2(d.size), max(1, ROW_TILE // block_c))
     grid = (math.ceil(d.size / block_r),)
@@ -246,7 +254,7 @@ def _rows_body(em: _Emitter, kernel: Kernel, body: list[str], pid: str):
             _finish_reduction(em, e, em.expr(e.inputs[0], scope), body)
         for v, e in kernel.stores:
             em.store(v, e, scope)
-        return grid, {v: 1 for v in em.loads}
+        return grid, {v: 1 for v in em.loads}, _num_warps(block_r * block_c)
     # Long rows: one loop over column blocks per reduction stage, then one for per-element stores.
     passes: dict[Var, int] = {}
     stages = [[e for e in reductions if e.stage == s] for s in sorted({e.stage for e in reductions})]
@@ -287,7 +295,7 @@ def _rows_body(em: _Emitter, kernel: Kernel, body: list[str], pid: str):
         em.store(v, e, Scope(body))
     for v in em.loads:
         passes.setdefault(v, 1)
-    return grid, passes
+    return grid, passes, _num_warps(block_r * block_c)
 
 
 def _mentions(line: str, name: str) -> bool:

@@ -173,7 +173,7 @@ def compile_for_sm90(ks: KernelSource) -> dict:
     """Compiles a generated kernel for the H100 (sm_90) on this machine; raises on any error."""
     from .aot import compile_sm90
 
-    return compile_sm90(str(_source_file(ks)), ks.name, tuple(ks.signature.items()))
+    return compile_sm90(str(_source_file(ks)), ks.name, tuple(ks.signature.items()), ks.num_warps)
 
 
 @functools.cache
@@ -228,7 +228,7 @@ class Executable:
             for v in ks.args[ks.num_loads :]:
                 env[v] = torch.empty(v.shape, dtype=v.dtype, device=device)
             if ks.grid[0] > 0:
-                fn[ks.grid](*[env[v] for v in ks.args])
+                fn[ks.grid](*[env[v] for v in ks.args], num_warps=ks.num_warps)
                 for rec in _RECORDERS:
                     rec.launches.append(Launch(ks.name, ks.grid, ks.bytes_read, ks.bytes_written, ks.source))
             for v in dead:

@@ -22,7 +22,8 @@ from .indexing import Idx, Index, unravel
 
 # A row kernel keeps a whole row in registers up to this many columns; longer rows loop over
 # column blocks, one loop per chain of dependent reductions (recomputing the loop's prologue).
-MAX_ROW_TILE = 4096
+# (16K fp32 is 32 values a thread at 16 warps: still registers, and one pass over the row.)
+MAX_ROW_TILE = 16384
 # A reduction of this many elements or more into fewer than SPLIT_MAX_ROWS rows would leave most of
 # a GPU idle (one program per row): it is split into partial reductions over SPLIT_CHUNK-ish
 # column blocks (many programs), then a small reduction of the partials.
