@@ -119,10 +119,20 @@ def _check_argnums(argnums, num_args: int) -> argnums_t:
     return wrapped
 
 
-def _check_tensor_leaves(tree) -> None:
+def _check_tensor_leaves(tree, differentiated: bool = True) -> None:
     for x in pytree.tree_leaves(tree):
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"Thing passed to transform API must be Tensor, got {type(x)}")
+        if differentiated and not (x.is_floating_point() or x.is_complex()):
+            raise RuntimeError("only Tensors of floating point dtype can require gradients")
+
+
+def _check_real(flat: list, api: str, what: str) -> None:
+    for i, t in enumerate(flat):
+        if isinstance(t, torch.Tensor) and t.is_complex():
+            raise RuntimeError(
+                f"{api}: Expected all {what} to be real but received complex tensor at flattened input idx: {i}"
+            )
 
 
 def _check_aux(aux) -> None:
@@ -486,7 +496,9 @@ def _vmap_once(func, size, flat_in_dims, flat_args, args_spec, out_dims, randomn
             moved.append(a.movedim(d, 0))
     batched = [d is not None for a, d in zip(flat_args, flat_in_dims) if isinstance(a, torch.Tensor)]
     batched += [False] * len(_tensor_leaves(kwargs))
-    graph, out_spec, statics = trace(func, pytree.tree_unflatten(examples, args_spec), kwargs, device=device)
+    graph, out_spec, statics = trace(
+        func, pytree.tree_unflatten(examples, args_spec), kwargs, device=device, api="vmap"
+    )
     batched_graph, out_batched = vmap_graph(graph, batched, size, randomness)
     results = iter(zip(run_graph(batched_graph, moved + _tensor_leaves(kwargs)), out_batched))
     flat_out = []
@@ -599,9 +611,11 @@ def jacrev(
     def wrapper_fn(*args):
         selected = _check_argnums(argnums, len(args))
         diff = tuple(args[i] for i in _as_tuple(selected))
+        _check_real(pytree.tree_leaves(diff), "jacrev", "inputs")
         result = _vjp(_with_args(func, args, selected), diff, has_aux, compute_output=False)
         output, vjp_fn = result[0], result[1]
         flat_out, out_spec = pytree.tree_flatten(output)
+        _check_real(flat_out, "jacrev", "outputs")
         pull_row = lambda i: vjp_fn(pytree.tree_unflatten(_basis_row(i, flat_out), out_spec))  # noqa: E731
         indices = torch.arange(sum(o.numel() for o in flat_out), device=flat_out[0].device)
         if chunk_size == 1:  # a plain loop, as torch.func does: no vmap restrictions apply
@@ -617,7 +631,7 @@ def jacrev(
             offsets.append(offsets[-1] + o.numel())
         for k, o in enumerate(flat_out):
             per_input = [
-                g[offsets[k] : offsets[k + 1]].reshape(*o.shape, *x.shape) for g, x in zip(flat_grads, flat_in)
+                g[offsets[k] : offsets[k + 1]].reshape((*o.shape, *x.shape)) for g, x in zip(flat_grads, flat_in)
             ]
             per_input = pytree.tree_unflatten(per_input, in_spec)
             jac.append(per_input[0] if isinstance(selected, int) else per_input)
@@ -634,7 +648,8 @@ def jacfwd(func: Callable, argnums: argnums_t = 0, has_aux: bool = False, *, ran
     def wrapper_fn(*args):
         selected = _check_argnums(argnums, len(args))
         diff = tuple(args[i] for i in _as_tuple(selected))
-        _check_tensor_leaves(diff)
+        _check_tensor_leaves(diff, differentiated=False)
+        _check_real(pytree.tree_leaves(diff), "jacfwd", "inputs")
         flat_in, in_spec = pytree.tree_flatten(diff)
         partial_func = _with_args(func, args, selected)
 
@@ -651,7 +666,7 @@ def jacfwd(func: Callable, argnums: argnums_t = 0, has_aux: bool = False, *, ran
         jac = []
         for t in flat_out:  # [N, *out] -> [*out, N] -> per input [*out, *in]
             cols = t.movedim(0, -1).split(numels, dim=-1)
-            per_input = [c.reshape(*t.shape[1:], *x.shape) for c, x in zip(cols, flat_in)]
+            per_input = [c.reshape((*t.shape[1:], *x.shape)) for c, x in zip(cols, flat_in)]
             per_input = pytree.tree_unflatten(per_input, in_spec)
             jac.append(per_input[0] if isinstance(selected, int) else per_input)
         jac = pytree.tree_unflatten(jac, out_spec)

@@ -86,13 +86,6 @@ class Graph:
     def producers(self) -> dict[Var, Node]:
         return {n.out: n for n in self.nodes}
 
-    def consumers(self) -> dict[Var, list[Node]]:
-        users: dict[Var, list[Node]] = {}
-        for n in self.nodes:
-            for v in n.inputs:
-                users.setdefault(v, []).append(n)
-        return users
-
     def pretty(self) -> str:
         names = _Namer()
         args = " ".join(f"{names(v)}:{v.type_str}" for v in self.arg_inputs)

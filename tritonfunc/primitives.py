@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -46,7 +46,6 @@ class Primitive:
     # vmap: batch(b, inputs, batched, size, **params) -> output with a leading batch axis of `size`,
     # given which inputs carry that axis (at position 0).  Sources are never batched.
     batch: Callable | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"<prim {self.name}>"
@@ -127,12 +126,17 @@ reciprocal = _unary("reciprocal", torch.reciprocal, "(1.0 / {x})")
 erf = _unary("erf", torch.erf, "tl.erf({x})")
 floor = _unary("floor", torch.floor, "tl.floor({x})")
 ceil = _unary("ceil", torch.ceil, "tl.ceil({x})")
-# sign keeps NaN, as torch.sign does.
 # torch.sign(nan) is 0: NaN fails both comparisons.
 sign = _unary("sign", torch.sign, "tl.where({x} > 0, 1.0, tl.where({x} < 0, -1.0, 0.0)).to({x}.dtype)")
 logical_not = _unary("logical_not", torch.logical_not, "({x} == 0)")
 # Identity on values; autodiff gives it a zero derivative (x.detach() inside the function).
 stop_gradient = _unary("stop_gradient", torch.Tensor.detach, "{x}")
+# Identity on values that makes a new tensor (x.clone()): a graph output is never the input itself.
+copy = _unary("copy", torch.clone, "{x}")
+copy.transpose = lambda b, ct, ins, out: [ct]
+exp2 = _unary("exp2", torch.exp2, "tl.exp2({x})")
+log2 = _unary("log2", torch.log2, "tl.log2({x})")
+log10 = _unary("log10", torch.log10, "libdevice.log10({x})")
 
 # Derivatives of the unary primitives, d out / d x, written with primitives so they differentiate again.
 neg.transpose = lambda b, ct, ins, out: [b.neg(ct)]
@@ -149,6 +153,9 @@ sigmoid.deriv = lambda b, ins, out: [b.mul(out, b.sub(b.like(out, 1), out))]
 sqrt.deriv = lambda b, ins, out: [b.div(b.like(out, 0.5), out)]
 rsqrt.deriv = lambda b, ins, out: [b.mul(b.like(out, -0.5), b.div(out, ins[0]))]
 reciprocal.deriv = lambda b, ins, out: [b.neg(b.mul(out, out))]
+exp2.deriv = lambda b, ins, out: [b.mul(out, b.like(out, math.log(2.0)))]
+log2.deriv = lambda b, ins, out: [b.reciprocal(b.mul(ins[0], b.like(out, math.log(2.0))))]
+log10.deriv = lambda b, ins, out: [b.reciprocal(b.mul(ins[0], b.like(out, math.log(10.0))))]
 erf.deriv = lambda b, ins, out: [b.mul(b.like(out, 2 / math.sqrt(math.pi)), b.exp(b.neg(b.mul(ins[0], ins[0]))))]
 for _p in (floor, ceil, sign, logical_not, stop_gradient):
     _p.nondiff = True
@@ -200,6 +207,15 @@ floordiv = _binary(
     f"(({{a}} // {{b}}) - {_NEEDS_FIX}.to({{a}}.dtype))",
 )
 mod = _binary("mod", torch.remainder, f"tl.where({_NEEDS_FIX}, ({{a}} % {{b}}) + {{b}}, {{a}} % {{b}})")
+# C's fmod (the sign of a) for floats: Triton's % on floats, torch.fmod.
+fmod = _binary("fmod", torch.fmod, "({a} % {b})")
+
+
+def _trunc(b, q):
+    return b.where(b.lt(q, b.like(q, 0)), b.ceil(q), b.floor(q))
+
+
+fmod.deriv = lambda b, ins, out: [b.like(out, 1), b.neg(_trunc(b, b.div(ins[0], ins[1])))]
 for _p in (eq, ne, lt, le, gt, ge, logical_and, logical_or, floordiv, mod):
     _p.nondiff = True
 

@@ -3,7 +3,8 @@
 Backends:
   - "triton": CUDA tensors, compiled kernels;
   - "interpreter": CPU tensors, the same kernels through Triton's interpreter (TRITON_INTERPRET=1);
-  - "torch": the scheduled graph run with each primitive's torch reference implementation.
+  - "torch": the traced (and transformed) graph run node by node with each primitive's torch
+    reference implementation: no kernels, a second oracle.
 `set_backend` (or the TRITONFUNC_BACKEND variable) forces one; by default CUDA tensors use
 "triton", CPU tensors use "interpreter" when TRITON_INTERPRET=1 is set and "torch" otherwise.
 
@@ -203,9 +204,15 @@ def install_interpreter_support():
 
         return fn
 
-    from math import erf as _unused  # noqa: F401
-
-    table = {"tanh": np.tanh, "log1p": np.log1p, "expm1": np.expm1, "tan": np.tan, "pow": np.power, "atan2": np.arctan2}
+    table = {
+        "tanh": np.tanh,
+        "log1p": np.log1p,
+        "expm1": np.expm1,
+        "tan": np.tan,
+        "pow": np.power,
+        "atan2": np.arctan2,
+        "log10": np.log10,
+    }
     for name, np_fn in table.items():
         setattr(libdevice, name, numpy_extern(getattr(libdevice, name), np_fn))
 
@@ -236,7 +243,18 @@ class Executable:
         for v in self.graph.outputs:  # zero-size outputs: no kernel computes them
             if v not in env:
                 env[v] = torch.empty(v.shape, dtype=v.dtype, device=device)
-        return [env[v] for v in self.graph.outputs]
+        return _distinct([env[v] for v in self.graph.outputs])
+
+
+def _distinct(outputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Outputs that CSE made one value (two equal results, two zero gradients) are separate tensors,
+    as in torch: a later in-place update of one must not change the other."""
+    seen: set[int] = set()
+    result = []
+    for t in outputs:
+        result.append(t.clone() if id(t) in seen else t)
+        seen.add(id(t))
+    return result
 
 
 def build(graph: Graph, inputs: list[torch.Tensor], interpret: bool) -> Executable:
@@ -267,7 +285,7 @@ def evaluate(graph: Graph, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
             env[n.out] = n.prim.impl(device=device, **n.params)
         else:
             env[n.out] = n.prim.impl(*[env[v] for v in n.inputs], **n.params)
-    return [env[v] for v in graph.outputs]
+    return _distinct([env[v] for v in graph.outputs])
 
 
 def executable_for(graph: Graph, inputs: list[torch.Tensor], backend: str) -> Executable:

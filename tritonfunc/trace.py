@@ -33,8 +33,9 @@ prims_ops = torch.ops.prims
 class Builder:
     """Accumulates the nodes of one graph; the small op library below builds on `emit`."""
 
-    def __init__(self, level: int, device: torch.device | None, track_grad_mode: bool = True):
+    def __init__(self, level: int, device: torch.device | None, track_grad_mode: bool = True, api: str | None = None):
         self.level = level
+        self.api = api  # the transform this trace serves ("vmap" picks torch.func's vmap error texts)
         self.device = device
         # Tracing records the user's no_grad blocks; graph transforms set flags explicitly instead.
         self.track_grad_mode = track_grad_mode
@@ -138,6 +139,8 @@ class Tracer(torch.Tensor):
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.__bool__:  # `if tensor:` -- Python control flow on a traced value
+            _refuse_data_dependence(control_flow=True)
         # x[t] with a 0-d integer tensor t: torch would read t on the host (.item()); index with
         # t as a one-element tensor instead (a gather) and drop that axis.
         if func is torch.Tensor.__getitem__ and len(args) == 2:
@@ -151,15 +154,18 @@ class Tracer(torch.Tensor):
                 and not k.dtype.is_floating_point
                 and k.dtype != torch.bool
             ]
-            if zero_d and all(isinstance(k, (int, slice, torch.Tensor)) for k in keys) and Ellipsis not in keys:
-                i = zero_d[0]
-                new = tuple(k.reshape(1) if j == i else k for j, k in enumerate(keys))
+            tensors = [i for i, k in enumerate(keys) if isinstance(k, torch.Tensor)]
+            adjacent = tensors == list(range(tensors[0], tensors[-1] + 1)) if tensors else False
+            if (
+                zero_d
+                and zero_d == tensors
+                and adjacent
+                and all(isinstance(k, (int, slice, torch.Tensor)) for k in keys)
+            ):
+                new = tuple(k.reshape(1) if j in zero_d else k for j, k in enumerate(keys))
                 picked = x[new if len(new) > 1 else new[0]]
-                # the gathered axis sits where the index was, after the int-indexed axes before it
-                axis = sum(
-                    1 for k in keys[:i] if not isinstance(k, int) and not (isinstance(k, torch.Tensor) and k.dim() == 0)
-                )
-                return picked.squeeze(axis)
+                # the index tensors leave one axis where the first was, after the sliced axes before it
+                return picked.squeeze(sum(1 for k in keys[: zero_d[0]] if isinstance(k, slice)))
         # torch.matmul with a 1-D operand squeezes its result in place (squeeze_), which a tracer
         # cannot do to its own shape: give it 2-D operands and reshape the result instead.
         if func in _MATMULS and not kwargs and len(args) == 2:
@@ -198,10 +204,7 @@ def _dispatch(func, args, kwargs):
     b = _innermost_builder(args, kwargs)
     name = func.overloadpacket.__name__
     if func in _DATA_DEPENDENT:
-        raise RuntimeError(
-            f"tritonfunc: {func} reads a traced value on the host (.item(), bool(), data-dependent "
-            f"Python control flow); traced functions must be data-independent"
-        )
+        _refuse_data_dependence(control_flow=func is not aten._local_scalar_dense.default)
     lowering = LOWERINGS.get(func) or LOWERINGS.get(func.overloadpacket)
     if lowering is None and name.endswith("_") and not name.startswith("_"):
         return _inplace(b, func, args, kwargs)
@@ -259,6 +262,25 @@ def _inplace(b: Builder, func, args, kwargs):
     return target
 
 
+def _refuse_data_dependence(control_flow: bool):
+    """A traced value read on the host (.item(), `if tensor:`): a graph cannot depend on it."""
+    if any(t.api == "vmap" for t in _TRACE_STACK):  # torch.func's own words under vmap
+        if control_flow:
+            raise RuntimeError(
+                "vmap: It looks like you're attempting to use a Tensor in some data-dependent control flow. We "
+                "don't support that yet, please file an issue at https://github.com/pytorch/pytorch/issues ."
+            )
+        raise RuntimeError(
+            "vmap: It looks like you're calling .item() on a Tensor. We don't support vmap over calling "
+            ".item() on a Tensor, please try to rewrite what you're doing with other operations. If error "
+            "is occurring somewhere inside PyTorch internals, please file a bug report."
+        )
+    raise RuntimeError(
+        "tritonfunc: a traced value was read on the host (.item(), bool(), data-dependent Python control "
+        "flow); the functions tritonfunc transforms must be data-independent"
+    )
+
+
 _DATA_DEPENDENT = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.equal.default, aten.nonzero.default}
 
 # ---------------------------------------------------------------------------------------------
@@ -304,24 +326,11 @@ for _op, _prim in [
     (aten.ceil, P.ceil),
     (aten.sign, P.sign),
     (aten.logical_not, P.logical_not),
+    (aten.exp2, P.exp2),
+    (aten.log2, P.log2),
+    (aten.log10, P.log10),
 ]:
     LOWERINGS[_op] = _unary(_prim)
-
-
-@lowers(aten.exp2)
-def _exp2(b, out, x):
-    x = b.cast(x, out.dtype)
-    return b.emit(P.exp, [b.emit(P.mul, [x, b.full(math.log(2.0), out.dtype, x.shape)])])
-
-
-def _log_base(base):
-    return lambda b, out, x: b.emit(
-        P.mul, [b.emit(P.log, [b.cast(x, out.dtype)]), b.full(1.0 / math.log(base), out.dtype, out.shape)]
-    )
-
-
-LOWERINGS[aten.log2] = _log_base(2.0)
-LOWERINGS[aten.log10] = _log_base(10.0)
 
 
 @lowers(aten.relu)
@@ -331,18 +340,31 @@ def _relu(b, out, x):
     return b.where(b.gt(x, zero), x, b.where(b.ne(x, x), x, zero))
 
 
-@lowers(aten.real, aten.alias, aten.clone, aten.lift_fresh, aten.contiguous)
+@lowers(aten.real, aten.lift_fresh, aten.contiguous)
 def _identity(b, out, x, *args, **kwargs):
     return x
 
 
-@lowers(aten.detach)
+@lowers(aten.alias, view=True)
+def _alias(b, out, x):
+    return x
+
+
+@lowers(aten.clone)
+def _clone(b, out, x, *, memory_format=None):
+    return b.copy(x)  # a fresh tensor, never the input itself
+
+
+@lowers(aten.detach, view=True)
 def _detach(b, out, x):
     return b.emit(P.stop_gradient, [x])
 
 
 def _binary(prim, compare=False):
     def lower(b, out, a, c, *, alpha=1):
+        if out.dtype == torch.bool and prim in (P.add, P.mul):  # torch: logical or / and on booleans
+            prim_ = P.logical_or if prim is P.add else P.logical_and
+            return b.emit(prim_, [b.operand(a, torch.bool, out.shape), b.operand(c, torch.bool, out.shape)])
         dtype = torch.result_type(_scalar_or_meta(a), _scalar_or_meta(c)) if compare else out.dtype
         if alpha != 1:
             c = b.emit(P.mul, [b.operand(c, dtype, out.shape), b.full(alpha, dtype, out.shape)])
@@ -407,15 +429,27 @@ def _rsub(b, out, a, c, *, alpha=1):
     )
 
 
+def _float_floor_divide(b, a: Var, c: Var) -> Var:
+    """torch's div_floor for floats: from fmod, so that e.g. 1.0 // 0.1 is 9 (as in Python)."""
+    zero, one = b.like(a, 0), b.like(a, 1)
+    mod = b.fmod(a, c)
+    div = b.div(b.sub(a, mod), c)
+    signs_differ = b.logical_and(b.ne(mod, zero), b.ne(b.lt(c, zero), b.lt(mod, zero)))
+    div = b.where(signs_differ, b.sub(div, one), div)
+    floor = b.floor(div)
+    floor = b.where(b.gt(b.sub(div, floor), b.like(a, 0.5)), b.add(floor, one), floor)
+    signed_zero = b.mul(b.sign(b.div(a, c)), zero)  # copysign(0, a / b), a NaN stays NaN
+    result = b.where(b.ne(div, zero), floor, signed_zero)
+    return b.where(b.eq(c, zero), b.div(a, c), result)
+
+
 @lowers(aten.div, aten.true_divide)
 def _div(b, out, a, c, *, rounding_mode=None):
-    if rounding_mode == "floor" and not out.dtype.is_floating_point:
+    if rounding_mode == "floor":
         return _floor_divide(b, out, a, c)
     ftype = out.dtype if out.dtype.is_floating_point else torch.float64
     q = b.emit(P.div, [b.operand(a, ftype, out.shape), b.operand(c, ftype, out.shape)])
-    if rounding_mode == "floor":
-        q = b.emit(P.floor, [q])
-    elif rounding_mode == "trunc":
+    if rounding_mode == "trunc":
         zero = b.full(0, ftype, out.shape)
         q = b.emit(P.where, [b.emit(P.lt, [q, zero]), b.emit(P.ceil, [q]), b.emit(P.floor, [q])])
     return b.cast(q, out.dtype)
@@ -423,19 +457,24 @@ def _div(b, out, a, c, *, rounding_mode=None):
 
 @lowers(aten.floor_divide)
 def _floor_divide(b, out, a, c):
-    if not out.dtype.is_floating_point:
-        return b.floordiv(b.operand(a, out.dtype, out.shape), b.operand(c, out.dtype, out.shape))
-    return _div(b, out, a, c, rounding_mode="floor")
+    a, c = b.operand(a, out.dtype, out.shape), b.operand(c, out.dtype, out.shape)
+    return _float_floor_divide(b, a, c) if out.dtype.is_floating_point else b.floordiv(a, c)
 
 
 @lowers(aten.remainder)
 def _remainder(b, out, a, c):
+    a, c = b.operand(a, out.dtype, out.shape), b.operand(c, out.dtype, out.shape)
     if not out.dtype.is_floating_point:
-        return b.mod(b.operand(a, out.dtype, out.shape), b.operand(c, out.dtype, out.shape))
-    ftype = out.dtype
-    a, c = b.operand(a, ftype, out.shape), b.operand(c, ftype, out.shape)
-    q = b.emit(P.floor, [b.emit(P.div, [a, c])])
-    return b.cast(b.emit(P.sub, [a, b.emit(P.mul, [q, c])]), out.dtype)
+        return b.mod(a, c)
+    mod = b.fmod(a, c)  # then shifted by c where the signs of mod and c differ, as torch does
+    zero = b.like(mod, 0)
+    return b.where(b.logical_and(b.ne(mod, zero), b.ne(b.lt(c, zero), b.lt(mod, zero))), b.add(mod, c), mod)
+
+
+@lowers(aten.fmod)
+def _fmod(b, out, a, c):
+    a, c = b.operand(a, out.dtype, out.shape), b.operand(c, out.dtype, out.shape)
+    return b.fmod(a, c)
 
 
 @lowers(aten.pow)
@@ -474,7 +513,7 @@ def _masked_fill(b, out, x, mask, value):
     return _where(b, out, mask, value, x)
 
 
-@lowers(aten.clamp, aten.clamp_min, aten.clamp_max)
+@lowers(aten.clamp, aten.clamp_min)
 def _clamp(b, out, x, lo=None, hi=None):
     # Selects rather than maximum/minimum: torch passes the whole derivative to x at a bound, and
     # min(max(x, lo), hi) gives hi when lo > hi.
@@ -498,24 +537,15 @@ def _to_copy(b, out, x, *args, **kwargs):
     return b.cast(x, out.dtype)
 
 
-@lowers(
-    aten.zeros_like,
-    aten.ones_like,
-    aten.empty_like,
-    aten.full_like,
-    aten.new_zeros,
-    aten.new_ones,
-    aten.new_empty,
-    aten.new_full,
-)
-def _fill_like(b, out, *args, **kwargs):
-    return b.full(0, out.dtype, out.shape)
+def _fill(value_of):
+    return lambda b, out, *args, **kwargs: b.full(value_of(args), out.dtype, out.shape)
 
 
-LOWERINGS[aten.ones_like] = lambda b, out, *a, **k: b.full(1, out.dtype, out.shape)
-LOWERINGS[aten.new_ones] = LOWERINGS[aten.ones_like]
-LOWERINGS[aten.full_like] = lambda b, out, x, value, **k: b.full(value, out.dtype, out.shape)
-LOWERINGS[aten.new_full] = lambda b, out, x, size, value, **k: b.full(value, out.dtype, out.shape)
+for _op in (aten.zeros_like, aten.empty_like, aten.new_zeros, aten.new_empty):
+    LOWERINGS[_op] = _fill(lambda args: 0)
+LOWERINGS[aten.ones_like] = LOWERINGS[aten.new_ones] = _fill(lambda args: 1)
+LOWERINGS[aten.full_like] = _fill(lambda args: args[1])
+LOWERINGS[aten.new_full] = _fill(lambda args: args[2])
 
 
 # -- reductions ---------------------------------------------------------------------------------
@@ -557,7 +587,7 @@ def _mean(b, out, x, dim=None, keepdim=False, *, dtype=None):
     return b.emit(P.div, [s, b.full(count, out.dtype, out.shape)])
 
 
-@lowers(aten.var, aten.std)
+@lowers(aten.var)
 def _var(b, out, x, dim=None, *, correction=None, keepdim=False):
     dtype = out.dtype
     x = b.cast(x, dtype)
@@ -576,6 +606,30 @@ LOWERINGS[prims_ops.var] = lambda b, out, x, dims, correction=1, *, output_dtype
     b, out, x, dims, correction=correction
 )
 LOWERINGS[aten.std] = lambda b, out, x, dim=None, **kw: b.emit(P.sqrt, [_var(b, out, x, dim, **kw)])
+
+
+@lowers(aten.linalg_vector_norm)
+def _vector_norm(b, out, x, ord=2, dim=None, keepdim=False, *, dtype=None):
+    """Norms with torch's derivative at zero: 0, not 0/0 (the root is taken of a value kept away from
+    zero, then replaced by 0 where the sum is 0)."""
+    x = b.cast(x, out.dtype)
+    axes = _dims(x, dim)
+    ax = b.abs(x)
+    if ord == math.inf or ord == -math.inf:
+        return b.reshape(b.reduce(P.reduce_max if ord > 0 else P.reduce_min, ax, axes, keepdim), out.shape)
+    if ord == 0:
+        return b.reshape(
+            b.reduce(P.reduce_sum, b.convert(b.ne(x, b.like(x, 0)), dtype=x.dtype), axes, keepdim), out.shape
+        )
+    if ord == 1:
+        return b.reshape(b.reduce(P.reduce_sum, ax, axes, keepdim), out.shape)
+    powered = b.mul(x, x) if ord == 2 else b.pow(ax, b.like(ax, ord))
+    total = b.reshape(b.reduce(P.reduce_sum, powered, axes, keepdim), out.shape)
+    zero = b.like(total, 0)
+    is_zero = b.eq(total, zero)
+    safe = b.where(is_zero, b.like(total, 1), total)
+    root = b.sqrt(safe) if ord == 2 else b.pow(safe, b.like(safe, 1.0 / ord))
+    return b.where(is_zero, zero, root)
 
 
 @lowers(aten.native_layer_norm)
@@ -785,18 +839,34 @@ def _one_hot_pick(b: Builder, x: Var, axis: int, idx: Var, full_shape, x_dims, i
 
 @lowers(aten.index)
 def _index(b, out, x, indices):
-    tensors = [(d, i) for d, i in enumerate(indices) if i is not None]
-    if len(tensors) != 1 or tensors[0][1].dtype == torch.bool:
+    """x[..., i1, i2, ...] with adjacent integer index tensors (broadcast together): a one-hot
+    select over the indexed axes, summed."""
+    positions = [d for d, i in enumerate(indices) if i is not None]
+    if any(indices[d].dtype == torch.bool for d in positions) or positions != list(
+        range(positions[0], positions[-1] + 1)
+    ):
         raise NotImplementedError(
-            "tritonfunc: indexing with a boolean mask or with more than one index tensor (aten.index.Tensor) "
-            "is not supported"
+            "tritonfunc: indexing with a boolean mask, or with index tensors separated by a slice "
+            "(aten.index.Tensor), is not supported"
         )
-    d, idx = tensors[0]
-    pre, post, n = x.shape[:d], x.shape[d + 1 :], len(idx.shape)
-    full_shape = (*pre, *idx.shape, x.shape[d], *post)
-    axis = len(pre) + n
-    x_dims = (*range(len(pre)), axis, *range(axis + 1, len(full_shape)))
-    return _one_hot_pick(b, x, axis, idx, full_shape, x_dims, tuple(range(len(pre), axis)))
+    first, last = positions[0], positions[-1]
+    idx_shape = tuple(torch.broadcast_shapes(*[indices[d].shape for d in positions]))
+    pre, post, n = x.shape[:first], x.shape[last + 1 :], len(idx_shape)
+    picked_axes = tuple(range(len(pre) + n, len(pre) + n + len(positions)))
+    full_shape = (*pre, *idx_shape, *[x.shape[d] for d in positions], *post)
+    x_dims = (*range(len(pre)), *picked_axes, *range(picked_axes[-1] + 1, len(full_shape)))
+    xb = b.broadcast_in_dim(x, shape=full_shape, dims=x_dims)
+    hit = None
+    for d, axis in zip(positions, picked_axes):
+        idx = indices[d]
+        size = x.shape[d]
+        _check_index_range(idx, size, b)
+        idx = b.where(b.lt(idx, b.like(idx, 0)), b.add(idx, b.like(idx, size)), idx)  # negative indices wrap
+        lead = len(idx_shape) - len(idx.shape)
+        ib = b.broadcast_in_dim(idx, shape=full_shape, dims=tuple(range(len(pre) + lead, len(pre) + n)))
+        this = b.eq(b.iota(shape=full_shape, dim=axis, dtype=idx.dtype), ib)
+        hit = this if hit is None else b.logical_and(hit, this)
+    return b.reduce_sum(b.where(hit, xb, b.full(0, x.dtype, full_shape)), axes=picked_axes)
 
 
 @lowers(aten.gather)
@@ -988,7 +1058,7 @@ def inline(b: Builder, graph: Graph, inputs: list) -> list[Tracer]:
 TENSOR = object()  # marks the output leaves that are graph outputs
 
 
-def trace(fn: Callable, args: tuple, kwargs: dict | None = None, *, device=None):
+def trace(fn: Callable, args: tuple, kwargs: dict | None = None, *, device=None, api: str | None = None):
     """Traces fn(*args, **kwargs).  Tensor leaves of args become graph inputs, in flattened order.
 
     Returns (graph, out_spec, out_leaves) where out_leaves holds the output's non-tensor leaves
@@ -1000,7 +1070,7 @@ def trace(fn: Callable, args: tuple, kwargs: dict | None = None, *, device=None)
     if device is None:
         device = tensors[0].device if tensors else torch.device("cpu")
     level = (_TRACE_STACK[-1].level + 1) if _TRACE_STACK else 0
-    b = Builder(level, torch.device(device))
+    b = Builder(level, torch.device(device), api=api)
     wrapped = []
     for x in leaves:
         if isinstance(x, torch.Tensor):

@@ -1,0 +1,107 @@
+"""Edge cases where a straightforward lowering gives a different answer from torch / torch.func:
+boolean arithmetic, exact logarithms, floor division of floats, norms at zero, aliasing of results,
+0-d Jacobians, several index tensors, and torch.func's error texts."""
+
+import pytest
+import torch
+import torch.func
+from autodiff_helpers import assert_same
+
+import tritonfunc
+
+X = torch.tensor([1.0, 2.0, -1.0, 5.5, -7.25], dtype=torch.float64)
+
+
+def test_boolean_add_and_mul_are_logical(backend):
+    b = torch.tensor([True, False, True])
+    f = lambda x: (x + x, x * x, (x + x).sum(), (x + x).float())  # noqa: E731
+    assert_same(tritonfunc.jit(f)(b), f(b))
+
+
+def test_log2_log10_exp2_are_exact_where_torch_is(backend):
+    x = torch.tensor([8.0, 1000.0, 2.0**29, 2.0**-3], dtype=torch.float64)
+    f = lambda x: (torch.floor(torch.log2(x)), torch.floor(torch.log10(x)), torch.exp2(torch.log2(x)) == x)  # noqa: E731
+    assert_same(tritonfunc.jit(f)(x), f(x))
+    g = lambda x: (torch.log2(x) + torch.log10(x) + torch.exp2(x / 8)).sum()  # noqa: E731
+    assert_same(tritonfunc.grad(g)(x), torch.func.grad(g)(x))
+
+
+def test_float_floor_division_and_remainder_follow_torch(backend):
+    f = lambda x: (torch.floor_divide(x, 0.1), torch.remainder(x, 0.1), torch.fmod(x, -0.3), x // -2.5, x % -2.5)  # noqa: E731
+    got, want = tritonfunc.jit(f)(X), f(X)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w), (g, w)
+    loss = lambda x: (torch.remainder(x, 0.7) + torch.fmod(x, 0.3)).sum()  # noqa: E731
+    assert_same(tritonfunc.grad(loss)(X), torch.func.grad(loss)(X))
+
+
+@pytest.mark.parametrize("ord", [2, 1, 3, float("inf"), -float("inf"), 0])
+def test_vector_norms_and_their_gradients(backend, ord):
+    f = lambda a: torch.linalg.vector_norm(a, ord)  # noqa: E731
+    assert_same(tritonfunc.jit(f)(X), f(X))
+    assert_same(tritonfunc.grad(f)(X), torch.func.grad(f)(X))
+
+
+def test_norm_derivative_at_zero_is_zero_not_nan(backend):
+    z = torch.zeros(3, dtype=torch.float64)
+    assert_same(tritonfunc.grad(lambda a: a.norm())(z), torch.func.grad(lambda a: a.norm())(z))
+    assert_same(tritonfunc.grad(lambda a: torch.dist(a, a * 0))(z), torch.zeros(3, dtype=torch.float64))
+    t = torch.ones_like(z)
+    assert_same(tritonfunc.jvp(lambda a: a.norm(), (z,), (t,)), torch.func.jvp(lambda a: a.norm(), (z,), (t,)))
+
+
+def test_in_place_update_of_a_detached_intermediate_is_refused():
+    """d = y.detach() shares y's storage in torch, so d.add_(1) changes y: tracing cannot follow."""
+
+    def f(x):
+        y = x * 2
+        d = y.detach()
+        d.add_(1)
+        return y
+
+    with pytest.raises(NotImplementedError, match="in-place operator aten.add_"):
+        tritonfunc.jit(f)(X)
+
+
+def test_results_never_alias_inputs_or_each_other(backend):
+    assert tritonfunc.jit(lambda x: x.clone())(X).data_ptr() != X.data_ptr()
+    a, b = tritonfunc.jit(lambda x: (x + 1, x + 1))(X)
+    assert a.data_ptr() != b.data_ptr()
+    gy, gz = tritonfunc.grad(lambda x, y, z: x.sum(), argnums=(1, 2))(X, X.clone(), X.clone())
+    assert gy.data_ptr() != gz.data_ptr()
+
+
+@pytest.mark.parametrize("mode", ["jacrev", "jacfwd"])
+def test_jacobian_of_a_scalar_function_of_a_scalar(backend, mode):
+    s = torch.tensor(2.0, dtype=torch.float64)
+    assert_same(getattr(tritonfunc, mode)(lambda t: t * t)(s), getattr(torch.func, mode)(lambda t: t * t)(s))
+    assert_same(tritonfunc.hessian(lambda t: t**3)(s), torch.func.hessian(lambda t: t**3)(s))
+
+
+def test_two_index_tensors_and_two_zero_d_indices_under_vmap(backend):
+    m = torch.randn(4, 5, dtype=torch.float64)
+    i, j = torch.tensor([0, 3, 1]), torch.tensor([4, 0, 2])
+    assert_same(tritonfunc.jit(lambda m: m[i, j])(m), m[i, j])
+    assert_same(tritonfunc.vmap(lambda a, b: m[a, b])(i, j), torch.func.vmap(lambda a, b: m[a, b])(i, j))
+
+
+def test_grad_of_an_integer_argument_raises_like_torch_func():
+    with pytest.raises(RuntimeError, match="only Tensors of floating point dtype can require gradients"):
+        tritonfunc.grad(lambda x: x.float().sum())(torch.arange(3))
+
+
+@pytest.mark.parametrize("fn", [lambda x: x.item(), lambda x: x if x > 0 else -x], ids=["item", "control_flow"])
+def test_vmap_data_dependence_errors_match_torch_func(fn):
+    x = torch.randn(3)
+    with pytest.raises(RuntimeError) as want:
+        torch.func.vmap(fn)(x)
+    with pytest.raises(RuntimeError) as got:
+        tritonfunc.vmap(fn)(x)
+    assert str(got.value) == str(want.value)
+
+
+@pytest.mark.parametrize("mode", ["jacrev", "jacfwd"])
+def test_jacobian_of_complex_input_raises_like_torch_func(mode):
+    x = torch.randn(3).to(torch.complex128)
+    with pytest.raises(RuntimeError, match=f"{mode}: Expected all inputs to be real"):
+        getattr(tritonfunc, mode)(lambda x: x)(x)
