@@ -8,6 +8,9 @@ wrong derivative anywhere, fails.
 
 from __future__ import annotations
 
+import functools
+
+import helpers
 import torch
 import torch.func
 from torch.utils import _pytree as pytree
@@ -33,29 +36,8 @@ def random_like(tree, seed: int):
     )
 
 
-def assert_same(got, want, what: str = "result", rtol=None, atol=None) -> None:
-    """Every leaf of `got` matches `want`: pytree structure, type, shape, dtype and value."""
-    got_leaves, got_spec = pytree.tree_flatten(got)
-    want_leaves, want_spec = pytree.tree_flatten(want)
-    assert got_spec == want_spec, f"{what}: structure differs:\n got {got_spec}\nwant {want_spec}"
-    for i, (g, w) in enumerate(zip(got_leaves, want_leaves)):
-        where = f"{what}, leaf {i}"
-        if not isinstance(w, torch.Tensor):
-            assert g == w, f"{where}: got {g!r}, want {w!r}"
-            continue
-        assert isinstance(g, torch.Tensor), f"{where}: got {type(g).__name__}, want a tensor"
-        assert g.shape == w.shape, f"{where}: shape {tuple(g.shape)}, want {tuple(w.shape)}"
-        assert g.dtype == w.dtype, f"{where}: dtype {g.dtype}, want {w.dtype}"
-        w = w.detach()
-        r, a = TOLERANCES.get(w.dtype, (0, 0))
-        torch.testing.assert_close(
-            g,
-            w,
-            rtol=r if rtol is None else rtol,
-            atol=a if atol is None else atol,
-            equal_nan=True,
-            msg=lambda m, where=where: f"{where}: {m}",
-        )
+# The shared comparison, with the tolerances above (derivatives accumulate more rounding).
+assert_same = functools.partial(helpers.assert_same, tolerances=TOLERANCES)
 
 
 def check_transforms(f, *args, argnums=None, seed: int = 0, rtol=None, atol=None):

@@ -23,36 +23,43 @@ TOLERANCES = {
 }
 
 
+def assert_same(got, want, what="output", rtol=None, atol=None, tolerances=TOLERANCES, equal_nan=True) -> None:
+    """Every leaf of `got` matches `want`: pytree structure, type, shape, dtype, device and value.
+
+    Floats agree within (rtol, atol), by default `tolerances[dtype]`; integers and booleans exactly.
+    """
+    got_leaves, got_spec = pytree.tree_flatten(got)
+    want_leaves, want_spec = pytree.tree_flatten(want)
+    assert got_spec == want_spec, f"{what} structure differs:\n got {got_spec}\nwant {want_spec}"
+    for i, (g, w) in enumerate(zip(got_leaves, want_leaves)):
+        where = f"{what} leaf {i}"
+        if not isinstance(w, torch.Tensor):
+            assert not isinstance(g, torch.Tensor) and g == w, f"{where}: got {g!r}, want {w!r}"
+            continue
+        assert isinstance(g, torch.Tensor), f"{where}: got {type(g).__name__}, want a tensor"
+        assert g.shape == w.shape, f"{where}: shape {tuple(g.shape)}, want {tuple(w.shape)}"
+        assert g.dtype == w.dtype, f"{where}: dtype {g.dtype}, want {w.dtype}"
+        assert g.device == w.device, f"{where}: device {g.device}, want {w.device}"
+        w = w.detach()
+        if w.dtype.is_floating_point:
+            default_rtol, default_atol = tolerances.get(w.dtype, (None, None))
+            torch.testing.assert_close(
+                g,
+                w,
+                rtol=default_rtol if rtol is None else rtol,
+                atol=default_atol if atol is None else atol,
+                equal_nan=equal_nan,
+                msg=lambda m, where=where: f"{where}: {m}",
+            )
+        else:  # integers and booleans: exactly
+            torch.testing.assert_close(g, w, rtol=0, atol=0, msg=lambda m, where=where: f"{where}: {m}")
+
+
 def check(f, *args, rtol=None, atol=None):
     """Runs `tritonfunc.jit(f)(*args)` and eager `f(*args)`; asserts that every output leaf matches.
 
     Returns the tritonfunc result, so a test can make further assertions on it.
     """
     got = tritonfunc.jit(f)(*args)
-    expected = f(*args)
-    got_leaves, got_spec = pytree.tree_flatten(got)
-    exp_leaves, exp_spec = pytree.tree_flatten(expected)
-    assert got_spec == exp_spec, f"output structure differs:\n got {got_spec}\nwant {exp_spec}"
-    for i, (g, e) in enumerate(zip(got_leaves, exp_leaves)):
-        where = f"output leaf {i}"
-        if not isinstance(e, torch.Tensor):
-            assert not isinstance(g, torch.Tensor) and g == e, f"{where}: got {g!r}, want {e!r}"
-            continue
-        assert isinstance(g, torch.Tensor), f"{where}: got {type(g).__name__}, want a tensor"
-        assert g.shape == e.shape, f"{where}: shape {tuple(g.shape)}, want {tuple(e.shape)}"
-        assert g.dtype == e.dtype, f"{where}: dtype {g.dtype}, want {e.dtype}"
-        assert g.device == e.device, f"{where}: device {g.device}, want {e.device}"
-        e = e.detach()
-        if e.dtype.is_floating_point:
-            default_rtol, default_atol = TOLERANCES.get(e.dtype, (None, None))
-            torch.testing.assert_close(
-                g,
-                e,
-                rtol=default_rtol if rtol is None else rtol,
-                atol=default_atol if atol is None else atol,
-                equal_nan=True,
-                msg=lambda m, where=where: f"{where}: {m}",
-            )
-        else:  # integers and booleans: exactly
-            torch.testing.assert_close(g, e, rtol=0, atol=0, msg=lambda m, where=where: f"{where}: {m}")
+    assert_same(got, f(*args), rtol=rtol, atol=atol)
     return got

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.func
-from torch.utils import _pytree as pytree
+from helpers import assert_same
 
 import tritonfunc
 
@@ -28,21 +28,7 @@ def nbytes(*tensors: torch.Tensor) -> int:
 
 def assert_trees_close(got, expected, rtol=RTOL, atol=ATOL) -> None:
     """Same pytree structure; tensor leaves with equal shape, dtype and values; other leaves equal."""
-    got_leaves, got_spec = pytree.tree_flatten(got)
-    exp_leaves, exp_spec = pytree.tree_flatten(expected)
-    assert got_spec == exp_spec, f"output structure differs:\n got {got_spec}\nwant {exp_spec}"
-    for i, (g, e) in enumerate(zip(got_leaves, exp_leaves)):
-        where = f"output leaf {i}"
-        if not isinstance(e, torch.Tensor):
-            assert not isinstance(g, torch.Tensor) and g == e, f"{where}: got {g!r}, want {e!r}"
-            continue
-        assert isinstance(g, torch.Tensor), f"{where}: got {type(g).__name__}, want a tensor"
-        assert g.shape == e.shape, f"{where}: shape {tuple(g.shape)}, want {tuple(e.shape)}"
-        assert g.dtype == e.dtype, f"{where}: dtype {g.dtype}, want {e.dtype}"
-        if e.dtype.is_floating_point:
-            torch.testing.assert_close(g, e.detach(), rtol=rtol, atol=atol, msg=lambda m, w=where: f"{w}: {m}")
-        else:
-            torch.testing.assert_close(g, e, rtol=0, atol=0, msg=lambda m, w=where: f"{w}: {m}")
+    assert_same(got, expected, rtol=rtol, atol=atol, equal_nan=False)
 
 
 def check_vmap(f, *args, in_dims=0, out_dims=0, chunk_size=None, kwargs=None, ref=None, rtol=RTOL, atol=ATOL):
