@@ -313,3 +313,18 @@ def test_cache_distinguishes_constants(interpreter):
     x = make(4, 8)
     torch.testing.assert_close(tritonfunc.jit(lambda x: x * 3.25)(x), x * 3.25)
     torch.testing.assert_close(tritonfunc.jit(lambda x: x * 4.25)(x), x * 4.25)
+
+
+def test_constants_made_inside_the_function(backend):
+    """torch.tensor, new_tensor, as_tensor, linspace and friends inside f are constants of the graph."""
+    x = torch.randn(2, dtype=torch.float64)
+    check(
+        lambda x: (
+            x + torch.tensor([1.0, 2.0], dtype=torch.float64),
+            x.new_tensor([5.0, 6.0]) * x,
+            x + torch.as_tensor([1.0, 2.0], dtype=torch.float64),
+            x + torch.linspace(0, 1, 2, dtype=torch.float64),
+            torch.stack([x, torch.ones(2, dtype=torch.float64)]).sum(0),
+        ),
+        x,
+    )

@@ -141,6 +141,9 @@ class Tracer(torch.Tensor):
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         if func is torch.Tensor.__bool__:  # `if tensor:` -- Python control flow on a traced value
             _refuse_data_dependence(control_flow=True)
+        if func is torch.Tensor.new_tensor:  # data from Python: a constant, like torch.tensor(data)
+            kwargs = kwargs or {}
+            return torch.tensor(args[1], dtype=kwargs.get("dtype") or args[0].dtype, device=args[0].device)
         # x[t] with a 0-d integer tensor t: torch would read t on the host (.item()); index with
         # t as a one-element tensor instead (a gather) and drop that axis.
         if func is torch.Tensor.__getitem__ and len(args) == 2:
