@@ -15,9 +15,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from . import runtime
-from .codegen import generate
 from .graph import Graph
-from .schedule import schedule
 from .trace import TENSOR, inline, innermost_builder, trace
 from .transforms import RANDOMNESS, jvp_graph, vjp_graph, vmap_graph
 
@@ -74,12 +72,9 @@ def explain(fn: Callable) -> Callable[..., str]:
     def explained(*args, **kwargs) -> str:
         tensors = _tensor_leaves((args, kwargs))
         graph, _, _ = trace(fn, args, kwargs, device=_device_of(tensors))
-        inputs = tensors + graph.const_values
-        sched = schedule(graph)
-        strides = {v: tuple(t.stride()) for v, t in zip(graph.inputs, inputs)}
-        parts = ["# graph", graph.pretty(), "", f"# {len(sched.kernels)} kernel(s)"]
-        for i, kernel in enumerate(sched.kernels):
-            ks = generate(kernel, strides)
+        _, sources = runtime.kernel_sources(graph, tensors + graph.const_values)
+        parts = ["# graph", graph.pretty(), "", f"# {len(sources)} kernel(s)"]
+        for i, ks in enumerate(sources):
             parts += [
                 "",
                 f"## kernel {i}: {ks.name}  grid={ks.grid}  bytes read={ks.bytes_read} written={ks.bytes_written}",

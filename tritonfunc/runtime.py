@@ -257,13 +257,16 @@ def _distinct(outputs: list[torch.Tensor]) -> list[torch.Tensor]:
     return result
 
 
-def build(graph: Graph, inputs: list[torch.Tensor], interpret: bool) -> Executable:
+def kernel_sources(graph: Graph, inputs: list[torch.Tensor]) -> tuple[Schedule, list[KernelSource]]:
+    """The schedule of a graph and the Triton source of each kernel, for inputs with these strides."""
     sched = schedule(graph)
     strides = {v: tuple(t.stride()) for v, t in zip(graph.inputs, inputs)}
-    kernels = []
-    for kernel in sched.kernels:
-        ks = generate(kernel, strides)
-        kernels.append((ks, load_kernel(ks, interpret)))
+    return sched, [generate(kernel, strides) for kernel in sched.kernels]
+
+
+def build(graph: Graph, inputs: list[torch.Tensor], interpret: bool) -> Executable:
+    sched, sources = kernel_sources(graph, inputs)
+    kernels = [(ks, load_kernel(ks, interpret)) for ks in sources]
     keep = set(sched.graph.outputs) | set(sched.graph.inputs)
     last_use: dict[Var, int] = {}
     for i, (ks, _) in enumerate(kernels):
