@@ -8,6 +8,7 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TRITONFUNC_CHECK_SM90", "1")
+os.environ.setdefault("TRITONFUNC_VERIFY", "1")  # the IR verifier runs after the trace, transforms and passes
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

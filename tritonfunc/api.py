@@ -16,6 +16,7 @@ from torch.utils import _pytree as pytree
 
 from . import runtime
 from .graph import Graph
+from .schedule import KernelStep
 from .trace import TENSOR, inline, innermost_builder, trace
 from .transforms import RANDOMNESS, jvp_graph, vjp_graph, vmap_graph
 
@@ -67,19 +68,31 @@ def jit(fn: Callable) -> Callable:
 
 
 def explain(fn: Callable) -> Callable[..., str]:
-    """`explain(f)(*args)` returns the traced graph, its kernel groups and their Triton source."""
+    """`explain(f)(*args)` returns the traced graph and the Program's steps: each generated kernel
+    with its Triton source, and each torch call."""
 
     def explained(*args, **kwargs) -> str:
         tensors = _tensor_leaves((args, kwargs))
         graph, _, _ = trace(fn, args, kwargs, device=_device_of(tensors))
-        _, sources = runtime.kernel_sources(graph, tensors + graph.const_values)
-        parts = ["# graph", graph.pretty(), "", f"# {len(sources)} kernel(s)"]
-        for i, ks in enumerate(sources):
-            parts += [
-                "",
-                f"## kernel {i}: {ks.name}  grid={ks.grid}  bytes read={ks.bytes_read} written={ks.bytes_written}",
-                ks.source,
-            ]
+        program = runtime.program_for(graph, tensors + graph.const_values)
+        kernels = len(program.kernel_steps)
+        parts = [
+            "# graph",
+            graph.pretty(),
+            "",
+            f"# {len(program.steps)} step(s): {kernels} kernel(s), {len(program.steps) - kernels} torch call(s)",
+        ]
+        for i, step in enumerate(program.steps):
+            if isinstance(step, KernelStep):
+                ks = step.source
+                parts += [
+                    "",
+                    f"## step {i}: kernel {ks.name}  grid={ks.grid}  "
+                    f"bytes read={ks.bytes_read} written={ks.bytes_written}",
+                    ks.source,
+                ]
+            else:
+                parts += ["", f"## step {i}: torch call (not fused) {runtime.describe_torch_call(step.node)}"]
         return "\n".join(parts)
 
     return explained

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,8 +18,9 @@ import torch
 
 from . import primitives as P
 from . import schedule
-from .graph import Var
-from .indexing import contiguous_strides, ravel
+from .graph import DTYPES, Node, Var
+from .indexing import Index, contiguous_strides, ravel
+from .primitives import Primitive
 from .schedule import Entry, Kernel
 
 POINTWISE_BLOCK = 1024  # elements per program of a pointwise kernel
@@ -27,30 +29,6 @@ LOOP_BLOCK_C = 1024  # column block of a looping row kernel
 # Counting distinct addresses evaluates every index of a launch; above this, assume each element once.
 BYTE_COUNT_LIMIT = 1 << 22
 
-_TL = {
-    torch.float64: "tl.float64",
-    torch.float32: "tl.float32",
-    torch.float16: "tl.float16",
-    torch.bfloat16: "tl.bfloat16",
-    torch.int64: "tl.int64",
-    torch.int32: "tl.int32",
-    torch.int16: "tl.int16",
-    torch.int8: "tl.int8",
-    torch.uint8: "tl.uint8",
-    torch.bool: "tl.int1",
-}
-_SIG = {
-    torch.float64: "fp64",
-    torch.float32: "fp32",
-    torch.float16: "fp16",
-    torch.bfloat16: "bf16",
-    torch.int64: "i64",
-    torch.int32: "i32",
-    torch.int16: "i16",
-    torch.int8: "i8",
-    torch.uint8: "u8",
-    torch.bool: "i1",
-}
 _HALF = (torch.float16, torch.bfloat16)
 
 
@@ -58,9 +36,179 @@ def tl_dtype(dtype: torch.dtype) -> str:
     """The Triton type a value of this dtype is computed in (half precision widens to fp32)."""
     if dtype in _HALF:
         return "tl.float32"
-    if dtype not in _TL:
+    if dtype not in DTYPES:
         raise NotImplementedError(f"tritonfunc: dtype {dtype} is not supported by the Triton backend")
-    return _TL[dtype]
+    return DTYPES[dtype].triton
+
+
+def literal(value, dtype: torch.dtype) -> str:
+    """A typed scalar constant (an explicitly typed constant keeps full precision in fp64 kernels)."""
+    if dtype == torch.bool:
+        return "tl.full([], 1, tl.int1)" if value else "tl.full([], 0, tl.int1)"
+    if not dtype.is_floating_point:
+        return f"tl.full([], {int(value)}, {tl_dtype(dtype)})"
+    v = float(value)
+    text = "_NAN" if math.isnan(v) else "_INF" if v == math.inf else "(-_INF)" if v == -math.inf else repr(v)
+    return f"tl.full([], {text}, {tl_dtype(dtype)})"
+
+
+# ---------------------------------------------------------------------------------------------
+# The lowering table: how each FUSED primitive becomes a Triton expression, given its operands'
+# expressions, the node and the index it is computed at.  Views without an entry only re-index.
+
+Lowering = Callable[[list[str], Node, Index], str]
+LOWERINGS: dict[Primitive, Lowering] = {}
+
+
+def lowers(prim: Primitive):
+    def register(fn: Lowering) -> Lowering:
+        LOWERINGS[prim] = fn
+        return fn
+
+    return register
+
+
+def _template(prim: Primitive, text: str) -> None:
+    LOWERINGS[prim] = lambda args, node, index: text.format(*args, x=args[0], a=args[0], b=args[-1])
+
+
+# Integer floor division and remainder, Python-style.  Triton's // and % truncate toward zero (C),
+# so step the quotient down, and the remainder over, where the signs differ.
+_NEEDS_FIX = "((({a} % {b}) != 0) & ((({a} % {b}) < 0) != ({b} < 0)))"
+for _prim, _text in {
+    P.neg: "(-{x})",
+    P.abs_: "tl.abs({x})",
+    P.exp: "tl.exp({x})",
+    P.log: "tl.log({x})",
+    P.log1p: "libdevice.log1p({x})",
+    P.expm1: "libdevice.expm1({x})",
+    P.sin: "tl.sin({x})",
+    P.cos: "tl.cos({x})",
+    P.tan: "libdevice.tan({x})",
+    P.tanh: "libdevice.tanh({x})",
+    P.sigmoid: "tl.sigmoid({x})",
+    P.reciprocal: "(1.0 / {x})",
+    P.erf: "tl.erf({x})",
+    P.floor: "tl.floor({x})",
+    P.ceil: "tl.ceil({x})",
+    # torch.sign(nan) is 0: NaN fails both comparisons.
+    P.sign: "tl.where({x} > 0, 1.0, tl.where({x} < 0, -1.0, 0.0)).to({x}.dtype)",
+    P.logical_not: "({x} == 0)",
+    P.stop_gradient: "{x}",
+    P.copy: "{x}",
+    P.exp2: "tl.exp2({x})",
+    P.log2: "tl.log2({x})",
+    P.log10: "libdevice.log10({x})",
+    P.add: "({a} + {b})",
+    P.sub: "({a} - {b})",
+    P.mul: "({a} * {b})",
+    P.div: "({a} / {b})",
+    P.pow_: "libdevice.pow({a}, {b})",
+    P.maximum: "tl.maximum({a}, {b}, propagate_nan=tl.PropagateNan.ALL)",
+    P.minimum: "tl.minimum({a}, {b}, propagate_nan=tl.PropagateNan.ALL)",
+    P.atan2: "libdevice.atan2({a}, {b})",
+    P.eq: "({a} == {b})",
+    P.ne: "({a} != {b})",
+    P.lt: "({a} < {b})",
+    P.le: "({a} <= {b})",
+    P.gt: "({a} > {b})",
+    P.ge: "({a} >= {b})",
+    # Boolean and/or through int32 arithmetic: the interpreter's & and | reject some int1 operand mixes.
+    P.logical_and: "(({a}).to(tl.int32) * ({b}).to(tl.int32) != 0)",
+    P.logical_or: "(({a}).to(tl.int32) + ({b}).to(tl.int32) != 0)",
+    P.floordiv: f"(({{a}} // {{b}}) - {_NEEDS_FIX}.to({{a}}.dtype))",
+    P.mod: f"tl.where({_NEEDS_FIX}, ({{a}} % {{b}}) + {{b}}, {{a}} % {{b}})",
+    P.fmod: "({a} % {b})",  # Triton's % on floats is C's fmod
+    P.where: "tl.where({0}, {1}, {2})",
+}.items():
+    _template(_prim, _text)
+
+
+@lowers(P.sqrt)
+def _sqrt(args, node, index):
+    # fp32 tl.sqrt is approximate on the GPU; sqrt_rn is IEEE-rounded but fp32-only, fp64 sqrt is exact.
+    return f"tl.sqrt({args[0]})" if node.out.dtype == torch.float64 else f"tl.sqrt_rn({args[0]})"
+
+
+@lowers(P.rsqrt)
+def _rsqrt(args, node, index):
+    # fp64 tl.rsqrt is approximate on the GPU (TRITON_NOTES.md), so divide by an exact sqrt.
+    return f"(1.0 / {_sqrt(args, node, index)})"
+
+
+@lowers(P.convert)
+def _convert(args, node, index):
+    if node.out.dtype == torch.bool:
+        return f"({args[0]} != 0)"
+    return f"{args[0]}.to({tl_dtype(node.out.dtype)})"
+
+
+@lowers(P.full)
+def _full(args, node, index):
+    return literal(node.params["value"], node.out.dtype)
+
+
+@lowers(P.iota)
+def _iota(args, node, index):
+    i = index[node.params["dim"]]
+    if i.is_const():
+        return literal(i.const, node.out.dtype)
+    return f"({i.render()}).to({tl_dtype(node.out.dtype)})"
+
+
+@lowers(P.rand)
+def _rand(args, node, index):
+    offset = ravel(index, contiguous_strides(node.out.shape))
+    offset_text = f"tl.full([], {offset.const}, tl.int32)" if offset.is_const() else offset.render()
+    fn = "tl.randn" if node.params["normal"] else "tl.rand"
+    return f"{fn}({args[0]}, {offset_text}).to({tl_dtype(node.out.dtype)})"
+
+
+@lowers(P.concatenate)
+def _concatenate(args, node, index):
+    axis = node.params["axis"]
+    i = index[axis].render()
+    sizes = [v.shape[axis] for v in node.inputs]
+    expr = args[-1]
+    for a, n, off in reversed(list(zip(args[:-1], sizes, P.concat_offsets(sizes)))):
+        expr = f"tl.where(({i}) < {off + n}, {a}, {expr})"
+    return expr
+
+
+@lowers(P.pad)
+def _pad(args, node, index):
+    x = node.inputs[0]
+    conds = []
+    for i, n, lo, it in zip(index, x.shape, node.params["lo"], node.params["interior"]):
+        last = lo + max(n - 1, 0) * (it + 1)
+        text = i.render()
+        if n == 0:
+            conds.append("(0 > 1)")
+            continue
+        if lo > 0:
+            conds.append(f"({text} >= {lo})")
+        if i.bound() is None or i.bound() > last + 1:
+            conds.append(f"({text} <= {last})")
+        if it > 0:
+            conds.append(f"((({text}) - {lo}) % {it + 1} == 0)")
+    if not conds:
+        return args[0]
+    return f"tl.where({' & '.join(conds)}, {args[0]}, {literal(0, node.out.dtype)})"
+
+
+@dataclass(frozen=True)
+class ReductionLowering:
+    combine: str  # accumulate two tiles elementwise: {a}, {b}
+    finish: str  # reduce a tile along axis 1: {acc}
+
+
+# tl.max/tl.min drop NaNs, torch propagates them: `_nan_max` (in the kernel header) restores that.
+REDUCTIONS: dict[Primitive, ReductionLowering] = {
+    P.reduce_sum: ReductionLowering("({a} + {b})", "tl.sum({acc}, axis=1, keep_dims=True)"),
+    P.reduce_max: ReductionLowering("tl.maximum({a}, {b}, propagate_nan=tl.PropagateNan.ALL)", "_nan_max({acc})"),
+    P.reduce_min: ReductionLowering("tl.minimum({a}, {b}, propagate_nan=tl.PropagateNan.ALL)", "_nan_min({acc})"),
+    P.reduce_prod: ReductionLowering("({a} * {b})", "tl.reduce({acc}, 1, _mul, keep_dims=True)"),
+}
 
 
 HEADER = """import triton
@@ -174,7 +322,7 @@ class _Emitter:
                 text += ".to(tl.float32)"
         else:
             node = entry.node
-            if node.prim.kind == "view" and node.prim.lower is None:
+            if node.prim.kind == "view" and node.prim not in LOWERINGS:
                 self.names[id(entry)] = self.names[id(entry.inputs[0])]  # same register, re-indexed
                 return args[0]
             # A cast to half precision rounds there, then computing goes on in fp32.
@@ -183,7 +331,7 @@ class _Emitter:
             elif node.prim is P.convert and node.out.dtype == torch.bfloat16:
                 text = f"_round_bf16({args[0]}.to(tl.float32)).to(tl.float32)"
             else:
-                text = node.prim.lower(args, node, entry.index)
+                text = LOWERINGS[node.prim](args, node, entry.index)
         name = self.fresh()
         varies = "c" in entry.deps
         scope.add(f"{name} = {text}", varies)
@@ -231,7 +379,7 @@ def generate(kernel: Kernel, strides: dict[Var, tuple[int, ...]]) -> KernelSourc
     src = HEADER + "\n\n@triton.jit\n" + f"def {kernel.name}({', '.join(params)}):\n"
     src += "".join(f"    # {line}\n" for line in comment)
     src += "".join(f"    {line}\n" if line else "\n" for line in body)
-    signature = {p: "*" + _SIG[v.dtype] for p, v in zip(params, args)}
+    signature = {p: "*" + DTYPES[v.dtype].signature for p, v in zip(params, args)}
     read = sum(_distinct_elements(kernel, v, strides) * v.dtype.itemsize * passes.get(v, 1) for v in em.loads)
     written = sum(v.numel * v.dtype.itemsize for v in em.stores)
     return KernelSource(kernel.name, src, args, len(em.loads), grid, signature, read, written, warps)
@@ -266,11 +414,11 @@ def _rows_body(em: _Emitter, kernel: Kernel, body: list[str], pid: str):
             if isinstance(item, tuple):  # a per-element store
                 em.store(*item, scope)
                 continue
-            rule = P.REDUCTIONS[item.node.prim.name]
+            rule = REDUCTIONS[item.node.prim]
             acc = em.fresh("acc")
             # Booleans accumulate as int32 (any/all are max/min over 0 and 1).
             acc_dtype = torch.int32 if item.var.dtype == torch.bool else item.var.dtype
-            ident = P._literal(rule.identity(item.var.dtype), acc_dtype)
+            ident = literal(item.node.prim.identity(item.var.dtype), acc_dtype)
             pre.append(f"{acc} = tl.full([{block_r}, {block_c}], {ident}, {tl_dtype(acc_dtype)})")
             value = em.expr(item.inputs[0], scope)
             if item.var.dtype == torch.bool:
@@ -303,9 +451,9 @@ def _mentions(line: str, name: str) -> bool:
 
 
 def _finish_reduction(em: _Emitter, entry: Entry, value: str, body: list[str], accumulated=False):
-    rule = P.REDUCTIONS[entry.node.prim.name]
+    rule = REDUCTIONS[entry.node.prim]
     dtype = entry.var.dtype
-    ident = P._literal(rule.identity(dtype), dtype)
+    ident = literal(entry.node.prim.identity(dtype), dtype)
     # tl.where broadcasts a value that does not vary along a row to the whole tile.
     tile = value if accumulated else f"tl.where(mask, {value}, {ident})"
     if dtype == torch.bool:  # reduce booleans as integers

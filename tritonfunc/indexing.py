@@ -208,5 +208,15 @@ def reshape_index(index: Index, out_shape: tuple[int, ...], in_shape: tuple[int,
 
 
 def opaque(text: str, extent: int | None, deps: frozenset[str]) -> Idx:
-    """An index given as Triton source text, e.g. a clamp, treated as an atom by the simplifier."""
+    """An index given as source text, treated as an atom by the simplifier."""
     return Idx(0, (Term(f"({text})", extent, deps),))
+
+
+def clamp(index: Idx, lo: int, hi: int) -> Idx:
+    """min(max(index, lo), hi): where a fused select reads an operand at positions it discards
+    (concatenate, pad), the read must still stay in bounds."""
+    return opaque(f"tl.minimum(tl.maximum({index.render()}, {lo}), {hi})", hi + 1, index.deps)
+
+
+def clamp_above(index: Idx, hi: int) -> Idx:
+    return opaque(f"tl.minimum({index.render()}, {hi})", hi + 1, index.deps)

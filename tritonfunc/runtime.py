@@ -1,4 +1,5 @@
-"""Runtime: load generated kernels, compile them once, allocate buffers, launch, record launches.
+"""Runtime: run a Program's steps: load generated kernels once, allocate buffers, launch them, call
+torch for opaque steps, and record every step.
 
 Backends:
   - "triton": CUDA tensors, compiled kernels;
@@ -23,6 +24,7 @@ import importlib.util
 import os
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,9 +35,10 @@ import torch
 # kernels contract a*b+c into FMA too).
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
-from .codegen import KernelSource, generate  # noqa: E402
+from .codegen import KernelSource  # noqa: E402
 from .graph import Graph, Var  # noqa: E402
-from .schedule import Schedule, schedule  # noqa: E402
+from .pipeline import compile_program  # noqa: E402
+from .schedule import KernelStep, Program  # noqa: E402
 
 BACKENDS = ("triton", "interpreter", "torch")
 _backend_override: str | None = None
@@ -72,11 +75,15 @@ def backend_for(device: torch.device) -> str:
 
 @dataclass
 class Launch:
+    """One step of a Program as it ran: a generated kernel's launch or a torch call."""
+
+    kind: str  # "kernel" | "torch"
     name: str
-    grid: tuple[int, ...]
+    grid: tuple[int, ...]  # () for a torch call
     bytes_read: int
     bytes_written: int
-    source: str
+    source: str  # the kernel's Triton source, or the torch call it made
+    seconds: float  # host wall time spent in the launch (or the torch call)
 
 
 @dataclass
@@ -85,7 +92,16 @@ class LaunchRecord:
 
     @property
     def count(self) -> int:
+        """Every step: kernel launches and torch calls."""
         return len(self.launches)
+
+    @property
+    def kernels(self) -> int:
+        return sum(1 for x in self.launches if x.kind == "kernel")
+
+    @property
+    def torch_calls(self) -> int:
+        return sum(1 for x in self.launches if x.kind == "torch")
 
     @property
     def bytes_read(self) -> int:
@@ -218,32 +234,73 @@ def install_interpreter_support():
 
 
 # ---------------------------------------------------------------------------------------------
-# Executables: a scheduled graph with its kernels loaded, run on fresh inputs.
+# Executables: a Program with its kernels loaded, run on fresh inputs.
+
+
+def _nbytes(vars_: list[Var]) -> int:
+    return sum(v.numel * v.dtype.itemsize for v in vars_)
+
+
+def describe_torch_call(node) -> str:
+    ins = ", ".join(v.type_str for v in node.inputs)
+    params = "".join(repr(p) for p in node.params.values())
+    return f"{node.prim.name}{params} on ({ins}) -> {', '.join(v.type_str for v in node.outs)}"
 
 
 @dataclass
 class Executable:
-    graph: Graph
-    schedule: Schedule
-    kernels: list[tuple[KernelSource, object]]
-    free_after: list[list[Var]]  # buffers no later kernel needs, per kernel
+    program: Program
+    kernels: dict[int, object]  # step index -> loaded kernel
+    free_after: list[list[Var]]  # buffers no later step needs, per step
 
     def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        env: dict[Var, torch.Tensor] = dict(zip(self.graph.inputs, inputs))
+        graph = self.program.graph
+        env: dict[Var, torch.Tensor] = dict(zip(graph.inputs, inputs))
         device = inputs[0].device if inputs else torch.device("cpu")
-        for (ks, fn), dead in zip(self.kernels, self.free_after):
-            for v in ks.args[ks.num_loads :]:
-                env[v] = torch.empty(v.shape, dtype=v.dtype, device=device)
-            if ks.grid[0] > 0:
-                fn[ks.grid](*[env[v] for v in ks.args], num_warps=ks.num_warps)
-                for rec in _RECORDERS:
-                    rec.launches.append(Launch(ks.name, ks.grid, ks.bytes_read, ks.bytes_written, ks.source))
+        for i, (step, dead) in enumerate(zip(self.program.steps, self.free_after)):
+            start = time.perf_counter()
+            if isinstance(step, KernelStep):
+                ks = step.source
+                for v in ks.args[ks.num_loads :]:
+                    env[v] = torch.empty(v.shape, dtype=v.dtype, device=device)
+                if ks.grid[0] > 0:
+                    self.kernels[i][ks.grid](*[env[v] for v in ks.args], num_warps=ks.num_warps)
+                    _record("kernel", ks.name, ks.grid, ks.bytes_read, ks.bytes_written, ks.source, start)
+            else:
+                node = step.node
+                outs = node.prim.impl(*[env[v] for v in node.inputs], **node.params)
+                for v, t in zip(node.outs, outs):
+                    _check_opaque_result(node, v, t)
+                    # the kernels after it read intermediates as contiguous buffers
+                    env[v] = t if t.is_contiguous() else t.contiguous()
+                _record(
+                    "torch",
+                    node.prim.name,
+                    (),
+                    _nbytes(node.inputs),
+                    _nbytes(list(node.outs)),
+                    describe_torch_call(node),
+                    start,
+                )
             for v in dead:
                 env.pop(v, None)
-        for v in self.graph.outputs:  # zero-size outputs: no kernel computes them
+        for v in graph.outputs:  # zero-size outputs: no kernel computes them
             if v not in env:
                 env[v] = torch.empty(v.shape, dtype=v.dtype, device=device)
-        return _distinct([env[v] for v in self.graph.outputs])
+        return _distinct([env[v] for v in graph.outputs])
+
+
+def _record(kind, name, grid, read, written, source, start) -> None:
+    if _RECORDERS:
+        launch = Launch(kind, name, grid, read, written, source, time.perf_counter() - start)
+        for rec in _RECORDERS:
+            rec.launches.append(launch)
+
+
+def _check_opaque_result(node, v: Var, t) -> None:
+    if not isinstance(t, torch.Tensor) or tuple(t.shape) != v.shape or t.dtype != v.dtype:
+        got = f"{t.dtype}{list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+        raise RuntimeError(f"tritonfunc: {node.prim.name} returned {got} where its shape rule promised {v.type_str}")
 
 
 def _distinct(outputs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -257,23 +314,21 @@ def _distinct(outputs: list[torch.Tensor]) -> list[torch.Tensor]:
     return result
 
 
-def kernel_sources(graph: Graph, inputs: list[torch.Tensor]) -> tuple[Schedule, list[KernelSource]]:
-    """The schedule of a graph and the Triton source of each kernel, for inputs with these strides."""
-    sched = schedule(graph)
-    strides = {v: tuple(t.stride()) for v, t in zip(graph.inputs, inputs)}
-    return sched, [generate(kernel, strides) for kernel in sched.kernels]
+def program_for(graph: Graph, inputs: list[torch.Tensor]) -> Program:
+    """The Program of a graph, with each kernel's source, for inputs with these strides."""
+    return compile_program(graph, {v: tuple(t.stride()) for v, t in zip(graph.inputs, inputs)})
 
 
 def build(graph: Graph, inputs: list[torch.Tensor], interpret: bool) -> Executable:
-    sched, sources = kernel_sources(graph, inputs)
-    kernels = [(ks, load_kernel(ks, interpret)) for ks in sources]
-    keep = set(sched.graph.outputs) | set(sched.graph.inputs)
+    program = program_for(graph, inputs)
+    kernels = {i: load_kernel(s.source, interpret) for i, s in enumerate(program.steps) if isinstance(s, KernelStep)}
+    keep = set(program.graph.outputs) | set(program.graph.inputs)
     last_use: dict[Var, int] = {}
-    for i, (ks, _) in enumerate(kernels):
-        for v in ks.args:
+    for i, step in enumerate(program.steps):
+        for v in step.inputs + step.outputs:
             last_use[v] = i
-    free_after = [[v for v, i in last_use.items() if i == k and v not in keep] for k in range(len(kernels))]
-    return Executable(sched.graph, sched, kernels, free_after)
+    free_after = [[v for v, i in last_use.items() if i == k and v not in keep] for k in range(len(program.steps))]
+    return Executable(program, kernels, free_after)
 
 
 _EXECUTABLES: dict[tuple, Executable] = {}
@@ -285,9 +340,10 @@ def evaluate(graph: Graph, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
     device = inputs[0].device if inputs else torch.device("cpu")
     for n in graph.nodes:
         if n.prim.kind == "source" and not n.inputs:
-            env[n.out] = n.prim.impl(device=device, **n.params)
+            outs = n.prim.impl(device=device, **n.params)
         else:
-            env[n.out] = n.prim.impl(*[env[v] for v in n.inputs], **n.params)
+            outs = n.prim.impl(*[env[v] for v in n.inputs], **n.params)
+        env.update(zip(n.outs, outs if n.prim.multiple_results else (outs,)))
     return _distinct([env[v] for v in graph.outputs])
 
 

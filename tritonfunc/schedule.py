@@ -1,6 +1,9 @@
-"""Scheduling: simplify the graph, decide which values reach global memory, group the rest.
+"""Scheduling: the graph passes, then which values reach global memory, grouped into a Program.
 
-Every value that reaches memory ("materialized": graph outputs, and reductions that cannot share a
+The passes (split long reductions, fold trivial ones, CSE, DCE) rewrite the graph; `schedule` then
+orders the work into steps: generated kernels, and torch calls for OPAQUE nodes (whose inputs reach
+memory and whose outputs kernels read like graph inputs).
+Every other value that reaches memory ("materialized": graph outputs, and reductions that cannot share a
 kernel with their consumers) is computed by one kernel.  Inside a kernel nothing else touches
 memory: each stored value is computed by walking back through its producers to materialized values,
 at the index tuple the walk derives (`Entry`).  Kernels come in two shapes:
@@ -16,8 +19,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
+
 from . import primitives as P
-from .graph import Graph, Node, Var
+from .graph import Builder, Graph, Node, Var
 from .indexing import Idx, Index, unravel
 
 # A row kernel keeps a whole row in registers up to this many columns; longer rows loop over
@@ -33,7 +38,7 @@ SPLIT_CHUNK = 2048
 
 
 # ---------------------------------------------------------------------------------------------
-# Graph simplification.
+# Graph passes: Graph -> Graph, run in order by pipeline.py.
 
 
 def _param_key(p):
@@ -41,7 +46,9 @@ def _param_key(p):
         return ("float", repr(p))
     if isinstance(p, (list, tuple)):
         return tuple(_param_key(x) for x in p)
-    return (type(p).__name__, p)
+    if isinstance(p, (int, bool, str, type(None), torch.dtype)):
+        return (type(p).__name__, p)
+    return (type(p).__name__, repr(p))
 
 
 def _split_factor(rows: int, cols: int) -> int | None:
@@ -65,62 +72,66 @@ def _split_reduction(n: Node) -> list[Node] | None:
     parts = _split_factor(rows, cols)
     if parts is None:
         return None
+    b = Builder()
+    with b:
+        v = b.transpose(x, kept + list(axes))
+        v = b.reshape(v, (rows, parts, cols // parts))
+        whole = n.prim(n.prim(v, axes=(2,)), axes=(1,))
+    for node in b.nodes:
+        node.no_grad = n.no_grad
+    return b.nodes + [Node(P.reshape, [whole], {"shape": n.out.shape}, n.outs, n.no_grad)]
+
+
+def split_long_reductions(graph: Graph) -> Graph:
     nodes: list[Node] = []
-
-    def add(prim, inputs, **params) -> Var:
-        shape, dtype = prim.shape_rule(*[(v.shape, v.dtype) for v in inputs], **params)
-        out = Var(shape, dtype)
-        nodes.append(Node(prim, inputs, params, out, n.no_grad))
-        return out
-
-    v = x
-    if kept + list(axes) != list(range(len(x.shape))):
-        v = add(P.transpose, [v], perm=tuple(kept + list(axes)))
-    v = add(P.reshape, [v], shape=(rows, parts, cols // parts))
-    partial = add(n.prim, [v], axes=(2,))
-    whole = add(n.prim, [partial], axes=(1,))
-    nodes.append(Node(P.reshape, [whole], {"shape": n.out.shape}, n.out, n.no_grad))
-    return nodes
-
-
-def simplify(graph: Graph) -> Graph:
-    """Splits long reductions, then common-subexpression elimination, then dead-code elimination."""
-    split: list[Node] = []
     for n in graph.nodes:
-        split.extend((_split_reduction(n) if n.prim.kind == "reduction" else None) or [n])
-    graph = Graph(graph.inputs, split, graph.outputs, graph.num_consts, graph.const_values)
+        nodes.extend((_split_reduction(n) if n.prim.kind == "reduction" else None) or [n])
+    return graph.with_nodes(nodes)
+
+
+def fold_trivial_reductions(graph: Graph) -> Graph:
+    """A reduction of one element is a reshape; of none, its identity (torch rejects max of nothing)."""
+    nodes = []
+    for n in graph.nodes:
+        if n.prim.kind == "reduction":
+            reduced = math.prod(n.inputs[0].shape[a] for a in n.params["axes"])
+            if reduced == 1:
+                n = Node(P.reshape, n.inputs, {"shape": n.out.shape}, n.outs, n.no_grad)
+            elif reduced == 0:
+                value = n.prim.identity(n.out.dtype)
+                n = Node(P.full, [], {"value": value, "shape": n.out.shape, "dtype": n.out.dtype}, n.outs)
+        nodes.append(n)
+    return graph.with_nodes(nodes)
+
+
+def eliminate_common_subexpressions(graph: Graph) -> Graph:
     rename: dict[Var, Var] = {}
-    seen: dict[tuple, Var] = {}
+    seen: dict[tuple, tuple[Var, ...]] = {}
     nodes: list[Node] = []
     for n in graph.nodes:
         inputs = [rename.get(v, v) for v in n.inputs]
-        if n.prim.kind == "reduction":
-            reduced = math.prod(inputs[0].shape[a] for a in n.params["axes"])
-            if reduced == 1:  # reduces one element: a reshape
-                n = Node(P.reshape, n.inputs, {"shape": n.out.shape}, n.out, n.no_grad)
-            elif reduced == 0:  # reduces nothing: the identity (torch rejects max/min of nothing)
-                identity = P.REDUCTIONS[n.prim.name].identity(n.out.dtype)
-                n = Node(P.full, [], {"value": identity, "shape": n.out.shape, "dtype": n.out.dtype}, n.out)
-                inputs = []
         key = (
             n.prim.name,
             tuple(v.id for v in inputs),
             n.no_grad,
             tuple(sorted((k, _param_key(p)) for k, p in n.params.items())),
         )
-        if key in seen:
-            rename[n.out] = seen[key]
+        if key in seen and not n.prim.random:  # two draws are two different values
+            rename.update(zip(n.outs, seen[key]))
             continue
-        seen[key] = n.out
-        nodes.append(Node(n.prim, inputs, n.params, n.out, n.no_grad))
-    outputs = [rename.get(v, v) for v in graph.outputs]
-    live = set(outputs)
+        seen[key] = n.outs
+        nodes.append(Node(n.prim, inputs, n.params, n.outs, n.no_grad))
+    return graph.with_nodes(nodes, [rename.get(v, v) for v in graph.outputs])
+
+
+def eliminate_dead_code(graph: Graph) -> Graph:
+    live = set(graph.outputs)
     kept = []
-    for n in reversed(nodes):
-        if n.out in live:
+    for n in reversed(graph.nodes):
+        if any(v in live for v in n.outs):
             kept.append(n)
             live.update(n.inputs)
-    return Graph(graph.inputs, kept[::-1], outputs, graph.num_consts, graph.const_values)
+    return graph.with_nodes(kept[::-1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,36 +299,78 @@ def _domain_for(var: Var, reductions: list[Node]) -> Domain:
     return Domain("rows", rows, cols)
 
 
+# ---------------------------------------------------------------------------------------------
+# The Program: an ordered list of steps, each a generated kernel or a call into torch.
+
+
 @dataclass(eq=False)
-class Schedule:
+class KernelStep:
+    """A generated kernel: its plan here, its Triton source once codegen has run."""
+
+    kernel: Kernel
+    source: object = None  # codegen.KernelSource
+
+    @property
+    def inputs(self) -> list[Var]:
+        return self.kernel.loads
+
+    @property
+    def outputs(self) -> list[Var]:
+        return [v for v, _ in self.kernel.stores]
+
+
+@dataclass(eq=False)
+class TorchStep:
+    """An OPAQUE node run by torch, reading and writing the neighbouring kernels' buffers."""
+
+    node: Node
+
+    @property
+    def inputs(self) -> list[Var]:
+        return self.node.inputs
+
+    @property
+    def outputs(self) -> list[Var]:
+        return list(self.node.outs)
+
+
+@dataclass(eq=False)
+class Program:
     graph: Graph
-    kernels: list[Kernel]
-    materialized: list[Var]  # values some kernel stores, in order
+    steps: list[KernelStep | TorchStep]
+
+    @property
+    def kernel_steps(self) -> list[KernelStep]:
+        return [s for s in self.steps if isinstance(s, KernelStep)]
 
 
-def schedule(graph: Graph) -> Schedule:
-    graph = simplify(graph)
-    producers = graph.producers()
-    position = {n.out: i for i, n in enumerate(graph.nodes)}
+def schedule(graph: Graph) -> Program:
+    """Orders the graph's work into steps: fused kernels, with torch calls where an OPAQUE node is.
+
+    An opaque node's inputs must reach memory; its outputs are buffers the kernels after it read,
+    like graph inputs.  Every other value that reaches memory is stored by exactly one kernel.
+    """
+    producers = {v: n for n in graph.nodes if n.prim.strategy == P.FUSED for v in n.outs}
+    opaque = [n for n in graph.nodes if n.prim.strategy != P.FUSED]
+    position = {v: i for i, n in enumerate(graph.nodes) for v in n.outs}
     materialized = {v for v in graph.outputs if v in producers}
+    materialized |= {v for n in opaque for v in n.inputs if v in producers}
     while True:
         try:
-            kernels = _assign(graph, materialized, producers, position)
+            steps = _assign(graph, materialized, producers, position, opaque)
         except NotFusable as e:
             materialized.add(e.var)
             continue
         # A reduction planned into several kernels would be recomputed by each: store it once.
         owners: dict[Var, set[int]] = {}
-        for k, kernel in enumerate(kernels):
-            for e in kernel.entries:
+        for k, step in enumerate(steps):
+            for e in step.kernel.entries if isinstance(step, KernelStep) else []:
                 if e.op == "reduce":
                     owners.setdefault(e.var, set()).add(k)
         shared = [v for v, ks in owners.items() if len(ks) > 1]
         if not shared:
-            break
+            return Program(graph, steps)
         materialized.update(shared)
-    stored = [v for k in kernels for v, _ in k.stores]
-    return Schedule(graph, kernels, stored)
 
 
 def _joint(a: Domain, b: Domain) -> Domain | None:
@@ -336,11 +389,18 @@ def _joint(a: Domain, b: Domain) -> Domain | None:
     return None
 
 
-def _assign(graph, materialized, producers, position) -> list[Kernel]:
-    """Places each materialized value in the first kernel of its shape that runs after its inputs."""
-    kernels: list[Kernel] = []
+def _assign(graph, materialized, producers, position, opaque) -> list[KernelStep | TorchStep]:
+    """Places each materialized value in the first kernel of its shape that runs after its inputs,
+    and each opaque node in a torch call after its inputs' kernels, in graph order."""
+    steps: list[KernelStep | TorchStep] = []
     owner: dict[Var, int] = {}
-    for var in sorted(materialized, key=lambda v: position[v]):
+    work = [(position[v], v) for v in materialized] + [(position[n.outs[0]], n) for n in opaque]
+    for _, item in sorted(work, key=lambda w: w[0]):
+        if isinstance(item, Node):
+            steps.append(TorchStep(item))
+            owner.update((v, len(steps) - 1) for v in item.outs)
+            continue
+        var = item
         if var.numel == 0:  # nothing to compute: the runtime allocates it empty
             continue
         reductions = _region_reductions(var, materialized, producers)
@@ -349,19 +409,28 @@ def _assign(graph, materialized, producers, position) -> list[Kernel]:
         planner.value(var, _store_index(var, domain, reductions), stored=True)
         reads = {e.var for e in planner.order if e.op == "load"}
         after = max((owner[v] for v in reads if v in owner), default=-1)
-        slot = next((k for k in range(after + 1, len(kernels)) if _joint(kernels[k].domain, domain)), None)
+        slot = next(
+            (
+                k
+                for k in range(after + 1, len(steps))
+                if isinstance(steps[k], KernelStep) and _joint(steps[k].kernel.domain, domain)
+            ),
+            None,
+        )
         if slot is None:
-            kernels.append(Kernel(domain))
-            slot = len(kernels) - 1
-        kernels[slot].domain = _joint(kernels[slot].domain, domain)
-        kernels[slot].stores.append((var, None))
+            steps.append(KernelStep(Kernel(domain)))
+            slot = len(steps) - 1
+        kernel = steps[slot].kernel
+        kernel.domain = _joint(kernel.domain, domain)
+        kernel.stores.append((var, None))
         owner[var] = slot
-    for kernel in kernels:  # plan each kernel's stores together, sharing common entries
+    for step in steps:  # plan each kernel's stores together, sharing common entries
+        if not isinstance(step, KernelStep):
+            continue
+        kernel = step.kernel
         planner = _Planner(kernel.domain, materialized, producers)
-        reductions_of = {}
         for i, (var, _) in enumerate(kernel.stores):
-            reductions_of[var] = _region_reductions(var, materialized, producers)
-            entry = planner.value(var, _store_index(var, kernel.domain, reductions_of[var]), stored=True)
-            kernel.stores[i] = (var, entry)
+            reductions = _region_reductions(var, materialized, producers)
+            kernel.stores[i] = (var, planner.value(var, _store_index(var, kernel.domain, reductions), stored=True))
         kernel.entries = planner.order
-    return kernels
+    return steps

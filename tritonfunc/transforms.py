@@ -1,6 +1,6 @@
 """Transforms: Graph -> Graph rewrites.  Each one walks the graph once, asking every node's
-primitive for its rule (primitives.py), and emits a new graph of the same primitives, so
-transforms compose with each other and with tracing to any depth.
+primitive for its rule (primitives.py, fallback.py), and emits a new graph of the same primitives,
+so transforms compose with each other and with tracing to any depth.
 
   jvp_graph: forward mode.  inputs (args, tangents, consts) -> (outputs, output tangents)
   vjp_graph: reverse mode.  inputs (args, output cotangents, consts) -> (outputs, input cotangents)
@@ -16,30 +16,71 @@ A symbolic zero is `None` throughout: zero tangents and cotangents cost nothing.
 from __future__ import annotations
 
 from . import primitives as P
-from .graph import Graph, Var
-from .primitives import with_batch_axis
-from .trace import Builder
+from .graph import Builder, Graph, Node, Var
+from .primitives import Primitive, with_batch_axis
 
 
 def _differentiable(v: Var) -> bool:
     return v.dtype.is_floating_point
 
 
+def _sum(terms: list[Var]) -> Var | None:
+    total = None
+    for t in terms:
+        total = t if total is None else total + t
+    return total
+
+
+def _as_list(x, n: int) -> list:
+    return list(x) if n > 1 or isinstance(x, (list, tuple)) else [x]
+
+
+def jvp_rule(prim: Primitive, primals: list[Var], tangents: list, outs: tuple[Var, ...], params) -> list:
+    """The output tangents (None: zero) of one node, given its input tangents."""
+    if prim.jvp is not None:
+        return _as_list(prim.jvp(primals, tangents, outs if prim.multiple_results else outs[0], **params), len(outs))
+    (out,) = outs
+    if prim.deriv is not None:
+        partials = prim.deriv(out, *primals, **params)
+        return [_sum([t * d for t, d in zip(tangents, partials) if t is not None and d is not None])]
+    if prim.transpose is not None:  # linear: the tangent goes through the primitive itself
+        if prim is P.add and None in tangents:
+            return [next(t for t in tangents if t is not None)]
+        filled = [t if t is not None else P.like(x, 0) for t, x in zip(tangents, primals)]
+        return [prim(*filled, **params)]
+    raise NotImplementedError(f"tritonfunc: primitive {prim.name} has no forward-mode rule")
+
+
+def vjp_rule(prim: Primitive, primals: list[Var], outs: tuple[Var, ...], cts: list, params) -> list:
+    """The input cotangents (None: zero) of one node, given its output cotangents."""
+    if prim.vjp is not None:
+        if prim.multiple_results:
+            return prim.vjp(primals, outs, cts, **params)
+        return prim.vjp(primals, outs[0], cts[0], **params)
+    (out,), (ct,) = outs, cts
+    if prim.deriv is not None:
+        return [None if d is None else ct * d for d in prim.deriv(out, *primals, **params)]
+    if prim.transpose is not None:
+        return prim.transpose(ct, out, *primals, **params)
+    raise NotImplementedError(f"tritonfunc: primitive {prim.name} has no reverse-mode rule")
+
+
 class _Copier:
     """A builder for the new graph, with the old graph's inputs and nodes copied into it."""
 
     def __init__(self, graph: Graph, extra_inputs: list[Var]):
-        self.b = Builder(level=-1, device=None, track_grad_mode=False)
+        self.b = Builder()
         self.args = [Var(v.shape, v.dtype) for v in graph.arg_inputs]
         self.consts = [Var(v.shape, v.dtype) for v in graph.const_inputs]
         self.extra = [Var(v.shape, v.dtype) for v in extra_inputs]
         self.env: dict[Var, Var] = dict(zip(graph.inputs, self.args + self.consts))
         self.graph = graph
 
-    def copy(self, node) -> Var:
-        out = self.b.emit(node.prim, [self.env[v] for v in node.inputs], no_grad=node.no_grad, **node.params)
-        self.env[node.out] = out
-        return out
+    def copy(self, node: Node) -> tuple[Var, ...]:
+        outs = self.b.emit(node.prim, [self.env[v] for v in node.inputs], no_grad=node.no_grad, **node.params)
+        outs = outs if node.prim.multiple_results else (outs,)
+        self.env.update(zip(node.outs, outs))
+        return outs
 
     def finish(self, outputs: list[Var]) -> Graph:
         return Graph(
@@ -47,43 +88,12 @@ class _Copier:
         )
 
 
-def _sum(b: Builder, terms: list[Var]) -> Var | None:
-    total = None
-    for t in terms:
-        total = t if total is None else b.add(total, t)
-    return total
-
-
-def jvp_rule(b: Builder, prim: P.Primitive, primals, tangents, out, params) -> Var | None:
-    if prim.jvp is not None:
-        return prim.jvp(b, primals, tangents, out, **params)
-    if prim.deriv is not None:
-        partials = prim.deriv(b, primals, out, **params)
-        return _sum(b, [b.mul(t, d) for t, d in zip(tangents, partials) if t is not None and d is not None])
-    if prim.transpose is not None:  # linear: the tangent goes through the primitive itself
-        if prim is P.add and None in tangents:
-            return next(t for t in tangents if t is not None)
-        filled = [t if t is not None else b.like(x, 0) for t, x in zip(tangents, primals)]
-        return b.emit(prim, filled, **params)
-    raise NotImplementedError(f"tritonfunc: primitive {prim.name} has no forward-mode rule")
-
-
-def vjp_rule(b: Builder, prim: P.Primitive, primals, out, ct, params) -> list[Var | None]:
-    if prim.vjp is not None:
-        return prim.vjp(b, primals, out, ct, **params)
-    if prim.deriv is not None:
-        return [None if d is None else b.mul(ct, d) for d in prim.deriv(b, primals, out, **params)]
-    if prim.transpose is not None:
-        return prim.transpose(b, ct, primals, out, **params)
-    raise NotImplementedError(f"tritonfunc: primitive {prim.name} has no reverse-mode rule")
-
-
-def _carries_derivative(node, forward: bool = False) -> bool:
+def _carries_derivative(node: Node, out: Var, forward: bool = False) -> bool:
     """Whether a node's output has a derivative.  Reverse mode obeys the user's no_grad blocks;
     forward mode, like torch's forward AD, does not."""
     if node.no_grad and not forward:
         return False
-    return not (node.prim.nondiff or not _differentiable(node.out))
+    return not node.prim.nondiff and _differentiable(out)
 
 
 def jvp_graph(graph: Graph, wrt: list[bool]) -> tuple[Graph, list[bool]]:
@@ -94,21 +104,19 @@ def jvp_graph(graph: Graph, wrt: list[bool]) -> tuple[Graph, list[bool]]:
     """
     marked = [v for v, w in zip(graph.arg_inputs, wrt) if w]
     c = _Copier(graph, marked)
-    b = c.b
-    tangent: dict[Var, Var] = {}
-    for v, t in zip(marked, c.extra):
-        if _differentiable(v):
-            tangent[v] = t
-    for node in graph.nodes:
-        out = c.copy(node)
-        tans = [tangent.get(v) for v in node.inputs]
-        if _carries_derivative(node, forward=True) and any(t is not None for t in tans):
-            t = jvp_rule(b, node.prim, [c.env[v] for v in node.inputs], tans, out, node.params)
-            if t is not None:
-                tangent[node.out] = t
-    outs = [c.env[v] for v in graph.outputs]
-    independent = [v not in tangent for v in graph.outputs]
-    touts = [tangent[v] if v in tangent else b.like(o, 0) for v, o in zip(graph.outputs, outs)]
+    tangent: dict[Var, Var] = {v: t for v, t in zip(marked, c.extra) if _differentiable(v)}
+    with c.b:
+        for node in graph.nodes:
+            outs = c.copy(node)
+            tans = [tangent.get(v) for v in node.inputs]
+            if any(t is not None for t in tans) and any(_carries_derivative(node, o, forward=True) for o in node.outs):
+                pushed = jvp_rule(node.prim, [c.env[v] for v in node.inputs], tans, outs, node.params)
+                for v, t in zip(node.outs, pushed):
+                    if t is not None and _carries_derivative(node, v, forward=True):
+                        tangent[v] = t
+        outs = [c.env[v] for v in graph.outputs]
+        independent = [v not in tangent for v in graph.outputs]
+        touts = [tangent[v] if v in tangent else P.like(o, 0) for v, o in zip(graph.outputs, outs)]
     return c.finish(outs + touts), independent
 
 
@@ -119,74 +127,85 @@ def vjp_graph(graph: Graph, wrt: list[bool], ct_for: list | None = None) -> Grap
     ct_for = ct_for or [True] * len(graph.outputs)
     seeded = [v for v, s in zip(graph.outputs, ct_for) if s is True]
     c = _Copier(graph, seeded)
-    b = c.b
     active = {v for v, w in zip(graph.arg_inputs, wrt) if w and _differentiable(v)}
-    for node in graph.nodes:
-        c.copy(node)
-        if _carries_derivative(node) and any(v in active for v in node.inputs):
-            active.add(node.out)
-    cts: dict[Var, list[Var]] = {}
-    for v, ct in zip(seeded, c.extra):
-        if v in active:
-            cts.setdefault(v, []).append(ct)
-    for v, s in zip(graph.outputs, ct_for):
-        if s == "ones" and v in active:
-            cts.setdefault(v, []).append(b.full(1, v.dtype, v.shape))
-    for node in reversed(graph.nodes):
-        if node.out not in cts:
-            continue
-        ct = _sum(b, cts.pop(node.out))
-        primals = [c.env[v] for v in node.inputs]
-        for v, in_ct in zip(node.inputs, vjp_rule(b, node.prim, primals, c.env[node.out], ct, node.params)):
-            if in_ct is not None and v in active:
-                cts.setdefault(v, []).append(in_ct)
-    grads = []
-    for v, w in zip(graph.arg_inputs, wrt):
-        if w:
-            total = _sum(b, cts.get(v, []))
-            grads.append(total if total is not None else b.full(0, v.dtype, v.shape))
+    with c.b:
+        for node in graph.nodes:
+            c.copy(node)
+            if any(v in active for v in node.inputs):
+                active.update(v for v in node.outs if _carries_derivative(node, v))
+        cts: dict[Var, list[Var]] = {}
+        for v, ct in zip(seeded, c.extra):
+            if v in active:
+                cts.setdefault(v, []).append(ct)
+        for v, s in zip(graph.outputs, ct_for):
+            if s == "ones" and v in active:
+                cts.setdefault(v, []).append(c.b.full(1, v.dtype, v.shape))
+        for node in reversed(graph.nodes):
+            if not any(v in cts for v in node.outs):
+                continue
+            out_cts = [_sum(cts.pop(v)) if v in cts else None for v in node.outs]
+            primals = [c.env[v] for v in node.inputs]
+            outs = tuple(c.env[v] for v in node.outs)
+            for v, in_ct in zip(node.inputs, vjp_rule(node.prim, primals, outs, out_cts, node.params)):
+                if in_ct is not None and v in active:
+                    cts.setdefault(v, []).append(in_ct)
+        grads = []
+        for v, w in zip(graph.arg_inputs, wrt):
+            if w:
+                total = _sum(cts.get(v, []))
+                grads.append(total if total is not None else c.b.full(0, v.dtype, v.shape))
     return c.finish([c.env[v] for v in graph.outputs] + grads)
 
 
 RANDOMNESS = ("error", "different", "same")
 
 
+def _random_error():
+    return RuntimeError(
+        "vmap: called random operation while in randomness error mode. Please either use the 'same' or "
+        "'different' randomness flags on vmap or perform the randomness operation out of vmap"
+    )
+
+
 def vmap_graph(graph: Graph, batched: list[bool], size: int, randomness: str = "error") -> tuple[Graph, list[bool]]:
     """Adds a leading batch axis of `size` to the arguments marked in `batched` and to everything
     computed from them.  Returns the new graph and, per output, whether it is batched."""
-    b = Builder(level=-1, device=None, track_grad_mode=False)
+    b = Builder()
     args = [Var((size, *v.shape) if bt else v.shape, v.dtype) for v, bt in zip(graph.arg_inputs, batched)]
     consts = [Var(v.shape, v.dtype) for v in graph.const_inputs]
     env: dict[Var, Var] = dict(zip(graph.inputs, args + consts))
     is_batched: dict[Var, bool] = {v: bt for v, bt in zip(graph.arg_inputs, batched)}
-    for node in graph.nodes:
-        ins = [env[v] for v in node.inputs]
-        flags = [is_batched.get(v, False) for v in node.inputs]
-        if node.prim is P.rand:
-            if randomness == "error":
-                raise RuntimeError(
-                    "vmap: called random operation while in randomness error mode. Please either use the 'same' or "
-                    "'different' randomness flags on vmap or perform the randomness operation out of vmap"
-                )
-            if randomness == "same" and any(flags):
-                raise RuntimeError(
-                    "Vmap does not currently support same randomness with a batched tensor input. Please file an "
-                    "issue with functorch"
-                )
-            shape = (size, *node.params["shape"]) if randomness == "different" else node.params["shape"]
-            if randomness == "different":
-                ins = [ins[0]] + [with_batch_axis(b, v, f, size) for v, f in zip(ins[1:], flags[1:])]
-            out = b.emit(P.rand, ins, no_grad=node.no_grad, **{**node.params, "shape": shape})
-            is_batched[node.out] = randomness == "different"
-        elif any(flags):
+    with b:
+        for node in graph.nodes:
+            ins = [env[v] for v in node.inputs]
+            flags = [is_batched.get(v, False) for v in node.inputs]
             start = len(b.nodes)
-            out = node.prim.batch(b, ins, flags, size, **node.params)
+            if node.prim.random and randomness == "error":
+                raise _random_error()
+            if node.prim is P.rand:
+                if randomness == "same" and any(flags):
+                    raise RuntimeError(
+                        "Vmap does not currently support same randomness with a batched tensor input. Please file "
+                        "an issue with functorch"
+                    )
+                shape = (size, *node.params["shape"]) if randomness == "different" else node.params["shape"]
+                if randomness == "different":
+                    ins = [ins[0]] + [with_batch_axis(v, f, size) for v, f in zip(ins[1:], flags[1:])]
+                outs = P.rand(*ins, **{**node.params, "shape": shape})
+                now_batched = randomness == "different"
+            elif any(flags) or node.prim.random:
+                extra = {"randomness": randomness} if node.prim.random else {}
+                outs = node.prim.batch(ins, flags, size, **extra, **node.params)
+                now_batched = True
+            else:
+                outs = b.emit(node.prim, ins, **node.params)
+                now_batched = False
             for emitted in b.nodes[start:]:
                 emitted.no_grad = node.no_grad
-            is_batched[node.out] = True
-        else:
-            out = b.emit(node.prim, ins, no_grad=node.no_grad, **node.params)
-        env[node.out] = out
+            outs = outs if node.prim.multiple_results else (outs,)
+            for v, o in zip(node.outs, outs):
+                env[v] = o
+                is_batched[v] = now_batched
     outs = [env[v] for v in graph.outputs]
     new = Graph(args + consts, b.nodes, outs, len(consts), list(graph.const_values))
     return new, [is_batched.get(v, False) for v in graph.outputs]

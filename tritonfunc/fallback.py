@@ -1,0 +1,243 @@
+"""The opaque fallback: an ATen op with no lowering runs as a torch call between kernels.
+
+Such an op becomes an OPAQUE node: a primitive made for that op whose reference implementation
+is the op itself, run by torch on the buffers of the kernels around it.  Its derivative and
+batching rules apply torch.func to that one op, and are OPAQUE primitives themselves (a function
+of tensors, like the op), so every composition nests: `vmap(jacrev(grad(f)))` through a
+convolution is a vmap of a vjp of a vjp of `aten.convolution`, each a torch call.
+
+This is the only module where torch's autodiff runs.  Fused work on either side still fuses: the
+scheduler only stores the opaque node's inputs and reads its outputs like graph inputs.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.func
+from torch.utils import _pytree as pytree
+
+from .graph import Var, current_builder
+from .primitives import OPAQUE, Primitive, check_rules, register
+
+
+class NotFusedWarning(UserWarning):
+    """An op ran as a torch call between kernels instead of inside one."""
+
+
+_warned: set[str] = set()
+_lock = threading.Lock()
+
+
+def warn_not_fused(op_name: str) -> None:
+    with _lock:
+        if op_name in _warned:
+            return
+        _warned.add(op_name)
+    warnings.warn(
+        f"tritonfunc: {op_name} has no fused lowering; it runs as a torch call between the generated kernels",
+        NotFusedWarning,
+        stacklevel=4,
+    )
+
+
+@dataclass(frozen=True)
+class Call:
+    """The non-tensor arguments of one call of an ATen op: its (args, kwargs) pytree with each
+    tensor replaced by a marker, so the node's inputs fill them back in."""
+
+    func: Any  # the OpOverload
+    spec: Any  # pytree spec of (args, kwargs)
+    leaves: tuple  # non-tensor leaves, TENSOR where a tensor goes
+    out_spec: Any  # pytree spec of the op's result
+    out_tensors: tuple[bool, ...]  # per output leaf: a tensor (else None)
+
+    def rebuild(self, tensors) -> tuple[tuple, dict]:
+        it = iter(tensors)
+        leaves = [next(it) if x is TENSOR else x for x in self.leaves]
+        return pytree.tree_unflatten(leaves, self.spec)
+
+    def __repr__(self) -> str:
+        shown = ", ".join("%" if x is TENSOR else repr(x) for x in self.leaves)
+        return f"({shown})"
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Call) and self.func is other.func and repr(self) == repr(other)
+
+
+class _Marker:
+    def __repr__(self) -> str:
+        return "%"
+
+
+TENSOR = _Marker()
+
+
+# ---------------------------------------------------------------------------------------------
+# Opaque primitives: a function of tensors (returning a tuple of tensors), a shape rule, and rules
+# derived with torch.func.
+
+_OPAQUE: dict[str, Primitive] = {}
+
+
+def _opaque(name: str, fn: Callable, shape_rule: Callable, *, random: bool = False) -> Primitive:
+    """The opaque primitive `name` (made once: a name fixes the function it stands for)."""
+    with _lock:
+        if name in _OPAQUE:
+            return _OPAQUE[name]
+        prim = Primitive(name, "opaque", shape_rule, fn, strategy=OPAQUE, multiple_results=True, random=random)
+        prim.jvp = lambda primals, tangents, outs, **params: _jvp_rule(prim, primals, tangents, outs, params)
+        prim.vjp = lambda primals, outs, cts, **params: _vjp_rule(prim, primals, outs, cts, params)
+        prim.batch = lambda xs, batched, size, randomness="error", **params: _batch_rule(
+            prim, xs, batched, size, randomness, params
+        )
+        register(prim)
+        check_rules(prim)
+        _OPAQUE[name] = prim
+        return prim
+
+
+def _floating(aval) -> bool:
+    return aval[1].is_floating_point or aval[1].is_complex
+
+
+def _selecting(fn, primals, wrt):
+    """fn as a function of primals[wrt] only."""
+
+    def partial(*chosen):
+        full = list(primals)
+        for i, x in zip(wrt, chosen):
+            full[i] = x
+        return fn(*full)
+
+    return partial
+
+
+def jvp_prim(parent: Primitive, wrt: tuple[int, ...]) -> Primitive:
+    """Inputs: the primals, then tangents of primals[wrt]; outputs: tangents of the floating outputs."""
+
+    def fn(*tensors, **params):
+        n = len(tensors) - len(wrt)
+        primals, tangents = tensors[:n], tensors[n:]
+        run = lambda *xs: _floating_outputs(parent.impl(*xs, **params))  # noqa: E731
+        return torch.func.jvp(_selecting(run, primals, wrt), tuple(primals[i] for i in wrt), tuple(tangents))[1]
+
+    def shape_rule(*avals, **params):
+        outs = parent.shape_rule(*avals[: len(avals) - len(wrt)], **params)
+        return [a for a in outs if _floating(a)]
+
+    return _opaque(f"jvp{list(wrt)}({parent.name})", fn, shape_rule, random=parent.random)
+
+
+def vjp_prim(parent: Primitive, wrt: tuple[int, ...], seeded: tuple[int, ...]) -> Primitive:
+    """Inputs: the primals, then cotangents of outputs[seeded]; outputs: cotangents of primals[wrt]."""
+
+    def fn(*tensors, **params):
+        n = len(tensors) - len(seeded)
+        primals, cts = tensors[:n], tensors[n:]
+        run = lambda *xs: tuple(parent.impl(*xs, **params)[i] for i in seeded)  # noqa: E731
+        _, pull = torch.func.vjp(_selecting(run, primals, wrt), *[primals[i] for i in wrt])
+        return pull(tuple(cts))
+
+    def shape_rule(*avals, **params):
+        return [avals[i] for i in wrt]
+
+    return _opaque(f"vjp{list(wrt)}{list(seeded)}({parent.name})", fn, shape_rule, random=parent.random)
+
+
+def batch_prim(parent: Primitive, batched: tuple[bool, ...], size: int, randomness: str) -> Primitive:
+    """The same op with a leading batch axis on the inputs marked `batched` and on every output."""
+    # A leading placeholder carries the batch size, so that an op none of whose inputs is batched
+    # (a random draw under "different") is still mapped `size` times.
+    in_dims = (0, *(0 if b else None for b in batched))
+
+    def fn(*tensors, **params):
+        run = lambda _, *xs: parent.impl(*xs, **params)  # noqa: E731
+        placeholder = torch.empty(size, 0, device=tensors[0].device if tensors else "cpu")
+        return tuple(torch.func.vmap(run, in_dims=in_dims, randomness=randomness)(placeholder, *tensors))
+
+    def shape_rule(*avals, **params):
+        per_example = [(s[1:], d) if b else (s, d) for (s, d), b in zip(avals, batched)]
+        return [((size, *s), d) for s, d in parent.shape_rule(*per_example, **params)]
+
+    name = f"vmap[{','.join('0' if b else '_' for b in batched)}:{size}]({parent.name})"
+    if parent.random:
+        name = f"{name}[randomness={randomness}]"
+    return _opaque(name, fn, shape_rule, random=parent.random)
+
+
+def _floating_outputs(outs) -> tuple:
+    return tuple(o for o in outs if o.is_floating_point() or o.is_complex())
+
+
+def _jvp_rule(prim, primals, tangents, outs, params):
+    wrt = tuple(i for i, t in enumerate(tangents) if t is not None)
+    pushed = iter(jvp_prim(prim, wrt)(*primals, *[tangents[i] for i in wrt], **params))
+    return [next(pushed) if _floating((o.shape, o.dtype)) else None for o in outs]
+
+
+def _vjp_rule(prim, primals, outs, cts, params):
+    seeded = tuple(i for i, ct in enumerate(cts) if ct is not None)
+    wrt = tuple(i for i, x in enumerate(primals) if _floating((x.shape, x.dtype)))
+    if not seeded or not wrt:
+        return [None] * len(primals)
+    pulled = iter(vjp_prim(prim, wrt, seeded)(*primals, *[cts[i] for i in seeded], **params))
+    return [next(pulled) if i in wrt else None for i in range(len(primals))]
+
+
+def _batch_rule(prim, xs, batched, size, randomness, params):
+    return batch_prim(prim, tuple(batched), size, randomness)(*xs, **params)
+
+
+# ---------------------------------------------------------------------------------------------
+# ATen ops as opaque nodes.
+
+
+def _meta(x):
+    if isinstance(x, torch.Tensor):
+        return torch.empty(x.shape, dtype=x.dtype, device="meta")
+    return x
+
+
+def aten_prim(func) -> Primitive:
+    """The opaque primitive running the ATen overload `func`; params: `call`, a `Call`."""
+
+    def fn(*tensors, call: Call):
+        args, kwargs = call.rebuild(tensors)
+        out = func(*args, **kwargs)
+        return tuple(x for x, is_tensor in zip(pytree.tree_leaves(out), call.out_tensors) if is_tensor)
+
+    def shape_rule(*avals, call: Call):
+        metas = [torch.empty(s, dtype=d, device="meta") for s, d in avals]
+        args, kwargs = call.rebuild(metas)
+        out = func(*args, **kwargs)
+        return [(tuple(x.shape), x.dtype) for x in pytree.tree_leaves(out) if isinstance(x, torch.Tensor)]
+
+    random = torch.Tag.nondeterministic_seeded in func.tags
+    return _opaque(str(func), fn, shape_rule, random=random)
+
+
+def emit_aten(func, args, kwargs, out_meta):
+    """Records `func(*args, **kwargs)` (tensors already replaced by vars) as an opaque node of the
+    current builder; returns the result in the op's own structure, with vars for tensors."""
+    leaves, spec = pytree.tree_flatten((args, kwargs))
+    inputs = [x for x in leaves if isinstance(x, Var)]
+    out_leaves, out_spec = pytree.tree_flatten(out_meta)
+    call = Call(
+        func,
+        spec,
+        tuple(TENSOR if isinstance(x, Var) else x for x in leaves),
+        out_spec,
+        tuple(isinstance(x, torch.Tensor) for x in out_leaves),
+    )
+    warn_not_fused(str(func))
+    outs = iter(current_builder().emit(aten_prim(func), inputs, call=call))
+    return pytree.tree_unflatten([next(outs) if isinstance(x, torch.Tensor) else x for x in out_leaves], out_spec)
