@@ -63,8 +63,9 @@ class Call:
         return pytree.tree_unflatten(leaves, self.spec)
 
     def __repr__(self) -> str:
-        shown = ", ".join("%" if x is TENSOR else repr(x) for x in self.leaves)
-        return f"({shown})"
+        args, kwargs = pytree.tree_unflatten(list(self.leaves), self.spec)
+        shown = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+        return f"({', '.join(shown)})"
 
     def __hash__(self) -> int:
         return hash(repr(self))
