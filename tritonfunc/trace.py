@@ -245,7 +245,9 @@ class _TracingMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        random = torch.Tag.nondeterministic_seeded in func.tags
+        # An op with a lowering of its own is lowered as usual, though tagged random (the fused
+        # attention ops are, for their dropout).
+        random = torch.Tag.nondeterministic_seeded in func.tags and lowering_for(func) is None
         factory = func.overloadpacket in FACTORIES and kwargs.get("layout") in (None, torch.strided)
         if not (random or factory):
             return func(*args, **kwargs)
