@@ -239,6 +239,5 @@ def emit_aten(func, args, kwargs, out_meta):
         out_spec,
         tuple(isinstance(x, torch.Tensor) for x in out_leaves),
     )
-    warn_not_fused(str(func))
     outs = iter(current_builder().emit(aten_prim(func), inputs, call=call))
     return pytree.tree_unflatten([next(outs) if isinstance(x, torch.Tensor) else x for x in out_leaves], out_spec)

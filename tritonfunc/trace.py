@@ -28,6 +28,7 @@ from . import fallback
 from .aten import VIEW_OPS, aten, lowering_for
 from .aten.random import FACTORIES, lower_factory, lower_random
 from .graph import Builder, Graph, Var
+from .primitives import OPAQUE
 
 # Ops run by torch rather than decomposed: torch's kernels for them (cuDNN, sorting networks) beat
 # what a decomposition into fused primitives would make of them.
@@ -168,13 +169,17 @@ def _dispatch(func, args, kwargs):
     lowering = lowering_for(func)
     if lowering is None and name.endswith("_") and not name.startswith("_"):
         return _inplace(b, func, args, kwargs)
-    if lowering is None and func not in TORCH_CALLS:
-        decomp = decomposition_table.get(func)
-        if decomp is not None:
-            try:
-                return decomp(*args, **kwargs)
-            except NotImplementedError:
-                pass  # what it needed has no lowering: run the op itself
+    if lowering is None and func not in TORCH_CALLS and func in decomposition_table:
+        # A decomposition is worth it only if it lowers entirely: if any piece of it would be a
+        # torch call, the op the user wrote is the better torch call (and the name they know).
+        mark = len(b.nodes)
+        try:
+            out = decomposition_table[func](*args, **kwargs)
+            if all(n.prim.strategy != OPAQUE for n in b.nodes[mark:]):
+                return out
+        except NotImplementedError:
+            pass
+        del b.nodes[mark:]
     try:
         out_meta = func(*pytree.tree_map(_to_meta, args), **pytree.tree_map(_to_meta, kwargs))
     except NotImplementedError as e:  # e.g. boolean-mask indexing: its shape depends on the values
@@ -343,4 +348,8 @@ def trace(fn: Callable, args: tuple, kwargs: dict | None = None, *, device=None,
             statics.append(TENSOR)
         else:
             statics.append(x)
-    return b.graph(outputs), out_spec, statics
+    graph = b.graph(outputs)
+    for n in graph.nodes:
+        if n.prim.strategy == OPAQUE:
+            fallback.warn_not_fused(n.prim.name)
+    return graph, out_spec, statics
