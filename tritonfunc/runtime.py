@@ -17,14 +17,19 @@ binaries between processes.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import hashlib
-import importlib.util
+import linecache
 import os
+import stat
 import sys
 import tempfile
+import threading
 import time
+import types
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,75 +117,135 @@ class LaunchRecord:
         return sum(x.bytes_written for x in self.launches)
 
 
-_RECORDERS: list[LaunchRecord] = []
+_recording = threading.local()  # the active records of this thread
+
+
+def _recorders() -> list[LaunchRecord]:
+    if not hasattr(_recording, "records"):
+        _recording.records = []
+    return _recording.records
 
 
 @contextlib.contextmanager
 def record_launches():
-    """Collects every kernel launch made inside the block: `with record_launches() as rec: ...`."""
+    """Collects every step this thread runs inside the block (kernel launches and torch calls):
+    `with record_launches() as rec: ...`."""
     rec = LaunchRecord()
-    _RECORDERS.append(rec)
+    _recorders().append(rec)
     try:
         yield rec
     finally:
-        _RECORDERS.remove(rec)
+        _recorders().remove(rec)
 
 
 # ---------------------------------------------------------------------------------------------
 # Loading kernels.
 
 
+_private_dir: Path | None = None
+
+
 def cache_dir() -> Path:
+    """Where kernel sources are written: TRITONFUNC_CACHE_DIR, else $XDG_CACHE_HOME/tritonfunc.  A
+    folder that cannot be made or written falls back, with one warning, to a private temporary one."""
+    global _private_dir
     root = os.environ.get("TRITONFUNC_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "tritonfunc"
     )
     path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if path.is_dir() and os.access(path, os.W_OK | os.X_OK):
+            return path
+    except OSError:
+        pass
+    if _private_dir is None:
+        _private_dir = Path(tempfile.mkdtemp(prefix="tritonfunc-"))  # mode 0o700: ours alone
+        warnings.warn(
+            f"tritonfunc: the kernel cache folder {path} is not a writable folder; using {_private_dir} instead",
+            stacklevel=2,
+        )
+    return _private_dir
+
+
+def _trusted(path: Path, source: str) -> bool:
+    """A cache file is used only if it is a regular file of ours, not writable by others, holding
+    exactly the source its name promises."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        return False
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read() == source
 
 
 def _source_file(ks: KernelSource) -> Path:
+    """The cache file holding `ks.source`, named by its hash; a missing, corrupt, tampered or
+    foreign file (a symlink, another owner's, writable by others) is replaced."""
     digest = hashlib.sha256(ks.source.encode()).hexdigest()[:20]
     path = cache_dir() / f"{ks.name}_{digest}.py"
-    if not path.exists():  # write then rename: concurrent processes never see a partial file
+    if not _trusted(path, ks.source):
+        # write then rename: concurrent processes never see a partial file; os.replace swaps a
+        # symlink itself, not what it points to.  mkstemp makes the file 0o600.
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(ks.source)
         os.replace(tmp, path)
     return path
 
 
-_MODULES: dict[tuple[Path, bool], object] = {}
-# Every kernel generated in this process, for the ahead-of-time sm_90 check.
-GENERATED: dict[Path, KernelSource] = {}
+# Loaded kernel modules, least recently used first; bounded so that many shapes do not pile up.
+_MODULES: collections.OrderedDict[tuple[str, bool], object] = collections.OrderedDict()
+MAX_LOADED_KERNELS = 1024
+# Recently generated kernels, for the ahead-of-time sm_90 check.
+GENERATED: collections.OrderedDict[Path, KernelSource] = collections.OrderedDict()
+_load_lock = threading.RLock()
+# Triton's interpreter patches triton.language during a launch: one interpreted launch at a time.
+_interpreter_lock = threading.Lock()
 
 
-def _import(path: Path, interpret: bool):
-    key = (path, interpret)
-    if key not in _MODULES:
-        if interpret:
-            install_interpreter_support()
-        name = f"tritonfunc_kernels.{path.stem}_{'interp' if interpret else 'jit'}"
-        old = os.environ.get("TRITON_INTERPRET")
-        os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"  # read when @triton.jit runs
-        try:
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-        finally:
-            if old is None:
-                del os.environ["TRITON_INTERPRET"]
-            else:
-                os.environ["TRITON_INTERPRET"] = old
-        _MODULES[key] = module
-    return _MODULES[key]
+def _import(ks: KernelSource, path: Path, interpret: bool):
+    """Executes the verified source under the file's name.  linecache is primed with that same
+    source, so what triton.jit reads back through inspect is what was verified, whatever happens
+    to the file afterwards."""
+    key = (ks.source, interpret)
+    if key in _MODULES:
+        _MODULES.move_to_end(key)
+        return _MODULES[key]
+    if interpret:
+        install_interpreter_support()
+    name = f"tritonfunc_kernels.{path.stem}_{'interp' if interpret else 'jit'}"
+    lines = ks.source.splitlines(keepends=True)
+    linecache.cache[str(path)] = (len(ks.source), None, lines, str(path))
+    module = types.ModuleType(name)
+    module.__file__ = str(path)
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"  # read when @triton.jit runs
+    try:
+        sys.modules[name] = module
+        exec(compile(ks.source, str(path), "exec"), module.__dict__)  # noqa: S102 (our generated kernel)
+    finally:
+        if old is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = old
+    _MODULES[key] = module
+    while len(_MODULES) > MAX_LOADED_KERNELS:
+        _, evicted = _MODULES.popitem(last=False)
+        sys.modules.pop(evicted.__name__, None)
+    return module
 
 
 def load_kernel(ks: KernelSource, interpret: bool):
-    path = _source_file(ks)
-    GENERATED[path] = ks
-    fn = getattr(_import(path, interpret), ks.name)
+    with _load_lock:
+        path = _source_file(ks)
+        GENERATED[path] = ks
+        GENERATED.move_to_end(path)
+        while len(GENERATED) > MAX_LOADED_KERNELS:
+            GENERATED.popitem(last=False)
+        fn = getattr(_import(ks, path, interpret), ks.name)
     if os.environ.get("TRITONFUNC_CHECK_SM90") == "1":
         compile_for_sm90(ks)
     return fn
@@ -252,6 +317,7 @@ class Executable:
     program: Program
     kernels: dict[int, object]  # step index -> loaded kernel
     free_after: list[list[Var]]  # buffers no later step needs, per step
+    interpret: bool
 
     def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         graph = self.program.graph
@@ -264,7 +330,7 @@ class Executable:
                 for v in ks.args[ks.num_loads :]:
                     env[v] = torch.empty(v.shape, dtype=v.dtype, device=device)
                 if ks.grid[0] > 0:
-                    self.kernels[i][ks.grid](*[env[v] for v in ks.args], num_warps=ks.num_warps)
+                    self.launch(self.kernels[i], ks, [env[v] for v in ks.args])
                     _record("kernel", ks.name, ks.grid, ks.bytes_read, ks.bytes_written, ks.source, start)
             else:
                 node = step.node
@@ -289,11 +355,19 @@ class Executable:
                 env[v] = torch.empty(v.shape, dtype=v.dtype, device=device)
         return _distinct([env[v] for v in graph.outputs])
 
+    def launch(self, kernel, ks: KernelSource, args: list[torch.Tensor]) -> None:
+        if self.interpret:
+            with _interpreter_lock:
+                kernel[ks.grid](*args, num_warps=ks.num_warps)
+        else:
+            kernel[ks.grid](*args, num_warps=ks.num_warps)
+
 
 def _record(kind, name, grid, read, written, source, start) -> None:
-    if _RECORDERS:
+    records = _recorders()
+    if records:
         launch = Launch(kind, name, grid, read, written, source, time.perf_counter() - start)
-        for rec in _RECORDERS:
+        for rec in records:
             rec.launches.append(launch)
 
 
@@ -328,7 +402,7 @@ def build(graph: Graph, inputs: list[torch.Tensor], interpret: bool) -> Executab
         for v in step.inputs + step.outputs:
             last_use[v] = i
     free_after = [[v for v, i in last_use.items() if i == k and v not in keep] for k in range(len(program.steps))]
-    return Executable(program, kernels, free_after)
+    return Executable(program, kernels, free_after, interpret)
 
 
 _EXECUTABLES: dict[tuple, Executable] = {}
