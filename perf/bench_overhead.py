@@ -1,0 +1,122 @@
+"""Host overhead per call: what tritonfunc spends in Python around its launches.
+
+    python perf/bench_overhead.py [--calls N] [--json out.json]
+
+For each workload: the cold first call (trace, transforms, schedule, codegen, kernel loading) apart,
+then the median over N calls of the host time per call, which is the call's wall time minus the time
+spent inside launches (each `record_launches()` record carries its `seconds`), so it measures the
+same thing on any backend: the interpreter here (its launches are slow and excluded), a GPU there.
+Beside it, torch.func's whole time per call on the same inputs (eager, CPU here: its kernels are
+tiny, so that is mostly its own host work).  Targets (issue 8): <= 50 us per cached call on this CPU
+and <= 0.1x torch.func's time where that is larger.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import torch.func  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import tritonfunc  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def chain(x):
+    return ((x * 1.5 + 0.5).sin() * x.exp() - x.cos()).tanh()
+
+
+def sin_exp(x):
+    return (x.sin() * x.exp()).sum()
+
+
+def cross_entropy(z, t):
+    return F.cross_entropy(z[None], t[None])
+
+
+def mlp_loss(w1, w2, x, t):
+    return F.cross_entropy((torch.tanh(x @ w1) @ w2)[None], t[None])
+
+
+def sum_sin(x):
+    return x.sin().sum()
+
+
+def workloads(ft):
+    """(name, function of the transform module applied to inputs, inputs)."""
+    r = lambda *s: torch.randn(*s, device=DEVICE)  # noqa: E731
+    x1024, x32, v32 = r(1024), r(32), r(32)
+    z, t = r(32, 10), torch.randint(0, 10, (32,), device=DEVICE)
+    w1, w2, xm, tm = r(8, 16), r(16, 4), r(16, 8), torch.randint(0, 4, (16,), device=DEVICE)
+    return [
+        ("jit elementwise chain n=1024", lambda: (ft.jit(chain) if ft is tritonfunc else chain)(x1024)),
+        ("grad (sin x * exp x).sum() n=32", lambda: ft.grad(sin_exp)(x32)),
+        ("HVP jvp(grad) of it n=32", lambda: ft.jvp(ft.grad(sin_exp), (x32,), (v32,))),
+        ("vmap(grad(cross-entropy)) 32 x 10", lambda: ft.vmap(ft.grad(cross_entropy))(z, t)),
+        (
+            "vmap(grad(2-layer MLP)) 16 rows",
+            lambda: ft.vmap(ft.grad(mlp_loss, argnums=(0, 1)), in_dims=(None, None, 0, 0))(w1, w2, xm, tm),
+        ),
+        ("hessian of sum(sin) n=32", lambda: ft.hessian(sum_sin)(x32)),
+        ("jacrev of tanh n=32", lambda: ft.jacrev(torch.tanh)(x32)),
+    ]
+
+
+def host_time(call, calls: int) -> tuple[float, float]:
+    """(cold seconds, median host seconds per cached call), launch time excluded."""
+    start = time.perf_counter()
+    call()
+    cold = time.perf_counter() - start
+    samples = []
+    for _ in range(calls):
+        with tritonfunc.record_launches() as rec:
+            start = time.perf_counter()
+            call()
+            wall = time.perf_counter() - start
+        samples.append(wall - sum(launch.seconds for launch in rec.launches))
+    return cold, statistics.median(samples)
+
+
+def torch_time(call, calls: int) -> float:
+    call()
+    samples = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        call()
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=30)
+    parser.add_argument("--json", help="also write the rows here")
+    args = parser.parse_args()
+    rows = []
+    ours, theirs = workloads(tritonfunc), workloads(torch.func)
+    header = f"{'workload':36} {'cold ms':>8} {'host us/call':>12} {'torch.func us/call':>18} {'ratio':>6}"
+    print(header)
+    print("-" * len(header))
+    for (name, call, *_), (_, reference, *_) in zip(ours, theirs):
+        cold, host = host_time(call, args.calls)
+        ref = torch_time(reference, args.calls)
+        rows.append({"workload": name, "cold_s": cold, "host_s_per_call": host, "torch_func_s_per_call": ref})
+        print(f"{name:36} {cold * 1e3:8.1f} {host * 1e6:12.1f} {ref * 1e6:18.1f} {host / ref:6.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": DEVICE, "torch": torch.__version__, "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
