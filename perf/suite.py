@@ -143,8 +143,9 @@ def compare(out, ref, rtol: float, atol: float) -> tuple[bool, float, str]:
 
 
 def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:300] if text else ''}"
+    """The exception's type and first two lines (torch.compile puts the cause on the second)."""
+    text = " ".join(line.strip() for line in str(e).strip().splitlines()[:2] if line.strip())
+    return f"{type(e).__name__}: {text[:300]}"
 
 
 class CountAtenOps(TorchDispatchMode):
@@ -201,7 +202,7 @@ def contraction_flops(fn, args) -> int:
 # The CPU run: tiny sizes through the interpreter, and the plan at GPU sizes.
 
 
-def _median_wall(fn, args, warmup: int = 2, repeat: int = 5) -> tuple[float, float]:
+def _median_wall(fn, args, warmup: int = 1, repeat: int = 3) -> tuple[float, float]:
     """Median seconds per warm call, and of those the median outside interpreter launches.
     The first calls of eager torch.func take tens of ms longer on this CPU: they are warm-up."""
     for _ in range(warmup):
@@ -262,7 +263,7 @@ def run_cpu(w: Workload, size: dict, rec: Recorder, providers: tuple[str, ...], 
         _check_compile(w, size, rec, ref_fn, args, ref, compile_backend)
 
 
-def _check_compile(w, size, rec, ref_fn, args, ref, backend: str):
+def _check_compile(w, size, rec, ref_fn, args, ref, backend):
     """torch.compile over the torch.func composition: status and cold time; returns it if it agrees."""
     torch._dynamo.reset()
     try:
