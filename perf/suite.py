@@ -93,12 +93,12 @@ class Recorder:
         self.path, self.run, self.env = path, run, env
         self.rows: list[dict] = []
 
-    def add(self, w: Workload, provider: str, size: dict, metric: str, value, note: str | None = None) -> None:
+    def add(self, w: Workload, provider: str, size: dict | str, metric: str, value, note: str | None = None) -> None:
         row = {
             "run": self.run,
             "workload": w.name,
             "provider": provider,
-            "size": size_str(size),
+            "size": size if isinstance(size, str) else size_str(size),
             "dtype": "float32",
             "device": self.env["device"],
             "backend": self.env["backend"],
@@ -369,8 +369,18 @@ def run_gpu(w, size, rec, providers, compile_backend, bandwidth: float, peak: fl
     rec.add(w, "torch.func", size, "aten_ops", ops.ops)
     rec.add(w, "torch.func", size, "bytes_over_ideal", ops.bytes / ideal)
     host = "host" in w.tags
-    timed = {"torch.func": ref_fn}
 
+    def measure(provider, fn):
+        """Times a provider that agreed with torch.func, at once: a later provider that hangs
+        (a long torch.compile) cannot take these numbers with it."""
+        try:
+            if host:
+                rec.add(w, provider, size, "host_us", _host_us(fn, args))
+            rec.add(w, provider, size, "ms", _bench_ms(fn, args))
+        except Exception as e:  # e.g. out of memory while timing
+            rec.add(w, provider, size, "status", "fails", "while timing: " + _short(e))
+
+    measure("torch.func", ref_fn)
     if "tritonfunc" in providers:
         tf_fn = program(tritonfunc)
         try:
@@ -390,19 +400,11 @@ def run_gpu(w, size, rec, providers, compile_backend, bandwidth: float, peak: fl
                 moved = launches.bytes_read + launches.bytes_written
                 rec.add(w, "tritonfunc", size, "launches", launches.count)
                 rec.add(w, "tritonfunc", size, "bytes_over_ideal", moved / ideal)
-                timed["tritonfunc"] = tf_fn
+                measure("tritonfunc", tf_fn)
     if "torch.compile" in providers:
         compiled = _check_compile(w, size, rec, ref_fn, args, ref, compile_backend)
         if compiled is not None:
-            timed["torch.compile"] = compiled
-
-    for provider, fn in timed.items():
-        try:
-            if host:
-                rec.add(w, provider, size, "host_us", _host_us(fn, args))
-            rec.add(w, provider, size, "ms", _bench_ms(fn, args))
-        except Exception as e:  # e.g. out of memory while timing
-            rec.add(w, provider, size, "status", "fails", "while timing: " + _short(e))
+            measure("torch.compile", compiled)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,6 +423,8 @@ def _selected(only: str | None) -> list[Workload]:
 
 def run_in_process(opts, rec: Recorder, workloads: list[Workload], deadline: float) -> None:
     gpu = torch.cuda.is_available()
+    if not gpu:
+        torch.set_num_threads(1)  # host times of one thread; the interpreter runs on one anyway
     providers = tuple(p for p in PROVIDERS if not (p == "torch.compile" and opts.no_compile))
     for w in workloads:
         for size in w.gpu if gpu else w.cpu:
@@ -447,24 +451,30 @@ def run_isolated(opts, rec: Recorder, workloads: list[Workload], deadline: float
     for w in workloads:
         left = deadline - time.monotonic()
         if left < 10:
-            for size in w.gpu:
+            for size in w.gpu if torch.cuda.is_available() else w.cpu:
                 rec.add(w, "tritonfunc", size, "status", "skipped", "time budget spent")
             continue
+        timeout = min(left, opts.workload_timeout_s)
         cmd = [sys.executable, __file__, "--child", "--only", w.name, "--out", str(rec.path), "--run", rec.run]
         cmd += ["--compile-backend", opts.compile_backend, f"--bandwidth={opts.bandwidth}", f"--peak={opts.peak}"]
-        cmd += ["--no-compile"] if opts.no_compile else []
+        cmd += (["--no-compile"] if opts.no_compile else []) + (["--no-plan"] if opts.no_plan else [])
         before = len(_read(rec.path))
         try:
-            proc = subprocess.run(cmd, timeout=left, capture_output=True, text=True)
+            proc = subprocess.run(cmd, timeout=timeout, capture_output=True, text=True)
             failed = proc.returncode != 0 and f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"
         except subprocess.TimeoutExpired:
-            failed = f"timed out after {left:.0f} s (time budget)"
+            failed = f"timed out after {timeout:.0f} s"
         rec.rows += _read(rec.path)[before:]
         if failed:
-            for size in w.gpu:
-                done = {r["provider"] for r in rec.rows if r["workload"] == w.name and r["metric"] == "status"}
+            sizes = w.gpu if torch.cuda.is_available() else w.cpu
+            for size in map(size_str, sizes):
+                done = {
+                    r["provider"]
+                    for r in rec.rows
+                    if (r["workload"], r["size"], r["metric"]) == (w.name, size, "status")
+                }
                 for provider in PROVIDERS:
-                    if provider not in done:
+                    if provider not in done and not (provider == "torch.compile" and opts.no_compile):
                         rec.add(w, provider, size, "status", "fails", failed)
 
 
@@ -529,6 +539,7 @@ GPU_COLUMNS = [
 
 
 def report(rows: list[dict]) -> list[str]:
+    rows = [r for r in rows if r["workload"] != "machine"]
     gpu = any(r["backend"] == "triton" for r in rows)
     metrics = {r["metric"] for r in rows}
     out = []
@@ -588,6 +599,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-plan", action="store_true", help="CPU: skip the plan at GPU sizes")
     parser.add_argument("--budget-s", type=float, default=None, help="stop starting workloads after this many s")
     parser.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None, help="a process per workload")
+    parser.add_argument(
+        "--workload-timeout-s", type=float, default=120, help="isolated: a workload's process is stopped after this"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--bandwidth", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -621,7 +635,6 @@ def main(argv: list[str] | None = None) -> int:
         rec.add(machine, "roofline", {}, "peak_TFLOPs", opts.peak / 1e12)
         print(f"  roofline: copy {opts.bandwidth / 1e9:.0f} GB/s, float32 matmul {opts.peak / 1e12:.1f} TFLOP/s")
     else:
-        torch.set_num_threads(1)  # host times of one thread; the interpreter runs on one anyway
         print("  (Triton interpreter: launches and bytes are real; times outside kernels are host time)")
     isolate = gpu if opts.isolate is None else opts.isolate
     (run_isolated if isolate else run_in_process)(opts, rec, workloads, deadline)

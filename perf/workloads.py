@@ -333,6 +333,14 @@ WORKLOADS = [
         atol=1e-4,
     ),
     Workload(
+        "host_overhead",
+        "a cached call's host time: vmap(grad(cross-entropy)) over 8 x 16",
+        psgrad_xent,
+        cpu=[dict(batch=8, classes=16)],
+        gpu=[dict(batch=8, classes=16)],
+        tags=("host",),
+    ),
+    Workload(
         "jit_elementwise_chain",
         "tritonfunc.jit of a 20-op elementwise chain (the demo's)",
         _jit(_elementwise_chain),
@@ -363,14 +371,6 @@ WORKLOADS = [
         cpu=[dict(rows=64, cols=1000)],
         gpu=[dict(rows=16384, cols=8192)],
         composed=False,
-    ),
-    Workload(
-        "host_overhead",
-        "a cached call's host time: vmap(grad(cross-entropy)) over 8 x 16",
-        psgrad_xent,
-        cpu=[dict(batch=8, classes=16)],
-        gpu=[dict(batch=8, classes=16)],
-        tags=("host",),
     ),
 ]
 
