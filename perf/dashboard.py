@@ -125,24 +125,26 @@ class Run:
 # History plots (matplotlib, as inline SVG).
 
 
-def history_svg(title: str, ylabel: str, series: dict[str, list[tuple[int, float]]], labels: list[str]) -> str:
+def history_svg(panels: list[tuple[str, str, dict[str, list[tuple[int, float]]], list[str]]]) -> str:
+    """One figure, a panel per (title, y label, series by size, x labels), as inline SVG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     plt.rcParams["svg.fonttype"] = "none"  # text stays text: small, searchable
-    fig, ax = plt.subplots(figsize=(4.6, 2.3))
-    for name, points in series.items():
-        xs, ys = zip(*points)
-        ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, label=name)
-    ax.set_title(title, fontsize=9)
-    ax.set_ylabel(ylabel, fontsize=8)
-    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
-    ax.tick_params(axis="y", labelsize=7)
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, loc="best")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 2.4), squeeze=False)
+    for ax, (title, ylabel, series, labels) in zip(axes[0], panels):
+        for name, points in series.items():
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, label=name)
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="best")
     fig.tight_layout()
     buf = io.StringIO()
     fig.savefig(buf, format="svg")
@@ -151,13 +153,17 @@ def history_svg(title: str, ylabel: str, series: dict[str, list[tuple[int, float
     return svg[svg.index("<svg") :]  # drop the XML prolog and DOCTYPE: inline in HTML
 
 
+HISTORIES = [
+    (False, "plan_bytes_over_ideal", "CPU plan: tritonfunc bytes / ideal at GPU sizes", "bytes / ideal"),
+    (True, "roofline_share", "GPU: tritonfunc's share of the roofline", "roofline / time"),
+    (True, "ratio:torch.func", "GPU: speed-up over torch.func eager", "x"),
+]
+
+
 def histories(workload: str, runs: list[Run]) -> list[str]:
-    plots = []
-    for gpu, metric, title, ylabel in (
-        (False, "plan_bytes_over_ideal", "CPU plan: tritonfunc bytes / ideal at GPU sizes", "bytes / ideal"),
-        (True, "roofline_share", "GPU: tritonfunc's share of the roofline", "roofline / time"),
-        (True, "ratio:torch.func", "GPU: speed-up over torch.func eager", "x"),
-    ):
+    """The workload's history over runs (in time order), one panel per metric that has data."""
+    panels = []
+    for gpu, metric, title, ylabel in HISTORIES:
         needs = "ms" if metric.startswith(("roofline", "ratio")) else metric
         chosen = [r for r in runs if r.gpu == gpu and any(k[0] == workload and k[3] == needs for k in r.index)]
         series: dict[str, list[tuple[int, float]]] = defaultdict(list)
@@ -173,8 +179,8 @@ def histories(workload: str, runs: list[Run]) -> list[str]:
                     series[size].append((i, v))
         if series:
             labels = [f"{r.commit[:7]}{'+' if r.dirty else ''}" for r in chosen]
-            plots.append(history_svg(title, ylabel, dict(series), labels))
-    return plots
+            panels.append((title, ylabel, dict(series), labels))
+    return [history_svg(panels)] if panels else []
 
 
 # ---------------------------------------------------------------------------------------------

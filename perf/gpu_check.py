@@ -1,6 +1,6 @@
 """The project's GPU check: one command for a session that is lent a CUDA GPU.
 
-    python perf/gpu_check.py [--out DIR] [--html FILE] [--budget-s 300] [--quick]
+    python perf/gpu_check.py [--out DIR] [--html FILE] [--budget-s 270] [--quick]
 
 1. The gpu-marked tests (`pytest -m gpu`), which run this script with --quick: correctness on CUDA
    tensors (compiled Triton kernels, not the interpreter) of a table of functions through jit, grad,
@@ -106,7 +106,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="only the correctness table (what the gpu test runs)")
     parser.add_argument("--out", default=str(HERE / "results"), help="folder for the suite's rows (perf/results/)")
     parser.add_argument("--html", help="the dashboard to write (default OUT/dashboard.html)")
-    parser.add_argument("--budget-s", type=float, default=300, help="time for the perf suite (default 300 s)")
+    parser.add_argument("--budget-s", type=float, default=270, help="time for the perf suite (default 270 s)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile in the suite")
     opts = parser.parse_args()
     if not torch.cuda.is_available():

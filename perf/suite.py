@@ -350,9 +350,9 @@ def _host_us(fn, args, calls: int = 200) -> float:
     return 1e6 * (time.perf_counter() - start) / calls
 
 
-def run_gpu(w, size, rec, providers, compile_backend, bandwidth: float, peak: float) -> None:
+def run_gpu(w, size, rec, providers, compile_backend, bandwidth: float, peak: float, device: str = "cuda") -> None:
     torch.manual_seed(0)
-    args, program = w.setup("cuda", **size)
+    args, program = w.setup(device, **size)
     ref_fn = program(torch.func)
     start = time.perf_counter()
     ref = ref_fn(*args)
@@ -564,25 +564,25 @@ def targets(rows: list[dict]) -> list[str]:
     """The issue's targets against this run's GPU times (reported, never asserted)."""
     v = {(r["workload"], r["size"], r["provider"], r["metric"]): r for r in rows}
     lines = ["targets: >= 80% roofline (memory-bound), >= 1.0x torch.compile, >= 5x torch.func (composed):"]
-    for w in WORKLOADS:
-        for size in map(size_str, w.gpu):
-            tf = v.get((w.name, size, "tritonfunc", "ms"))
-            if tf is None or "host" in w.tags:
-                continue
-            parts = []
-            roof = v.get((w.name, size, "roofline", "ms"))
-            if roof and roof.get("note") == "memory":
-                share = roof["value"] / tf["value"]
-                parts.append(f"roofline {100 * share:.0f}% {'met' if share >= TARGET_ROOFLINE else 'missed'}")
-            comp = v.get((w.name, size, "torch.compile", "ms"))
-            if comp:
-                x = comp["value"] / tf["value"]
-                parts.append(f"vs compile {x:.2f}x {'met' if x >= TARGET_COMPILE else 'missed'}")
-            eager = v.get((w.name, size, "torch.func", "ms"))
-            if eager and w.composed:
-                x = eager["value"] / tf["value"]
-                parts.append(f"vs torch.func {x:.2f}x {'met' if x >= TARGET_EAGER else 'missed'}")
-            lines.append(f"  {w.name} {size}: " + ", ".join(parts))
+    for name, size in dict.fromkeys((r["workload"], r["size"]) for r in rows):
+        w = BY_NAME.get(name)
+        tf = v.get((name, size, "tritonfunc", "ms"))
+        if tf is None or w is None or "host" in w.tags:
+            continue
+        parts = []
+        roof = v.get((name, size, "roofline", "ms"))
+        if roof and roof.get("note") == "memory":
+            share = roof["value"] / tf["value"]
+            parts.append(f"roofline {100 * share:.0f}% {'met' if share >= TARGET_ROOFLINE else 'missed'}")
+        comp = v.get((name, size, "torch.compile", "ms"))
+        if comp:
+            x = comp["value"] / tf["value"]
+            parts.append(f"vs compile {x:.2f}x {'met' if x >= TARGET_COMPILE else 'missed'}")
+        eager = v.get((name, size, "torch.func", "ms"))
+        if eager and w.composed:
+            x = eager["value"] / tf["value"]
+            parts.append(f"vs torch.func {x:.2f}x {'met' if x >= TARGET_EAGER else 'missed'}")
+        lines.append(f"  {name} {size}: " + ", ".join(parts))
     return lines
 
 

@@ -128,3 +128,28 @@ def test_compare_tolerates_rounding_but_not_errors():
     assert suite.compare(ref + 1e-3, ref, rtol=1e-4, atol=1e-5)[0]  # within atol * max|ref|
     assert not suite.compare(ref + 0.1, ref, rtol=1e-4, atol=1e-5)[0]
     assert not suite.compare(ref[:2], ref, rtol=1e-4, atol=1e-5)[0]  # shapes differ
+
+
+def test_the_gpu_path_records_times_roofline_and_targets(monkeypatch):
+    """run_gpu's bookkeeping, on CPU tensors with a stand-in for do_bench (this CI has no GPU):
+    each provider checked then timed, the roofline from bytes and flops, the targets' report."""
+    from workloads import BY_NAME
+
+    times = iter([8.0, 1.0, 2.0])  # ms, in the order the providers are timed: torch.func, tritonfunc, torch.compile
+    monkeypatch.setattr(suite, "_bench_ms", lambda fn, args: next(times))
+    env = suite.environment() | {"device": "a GPU", "backend": "triton"}
+    rec = suite.Recorder(None, "gpu-test", env)
+    w = BY_NAME["psgrad_xent"]
+    suite.run_gpu(w, dict(batch=4, classes=64), rec, suite.PROVIDERS, "eager", 1e12, 1e14, device="cpu")
+
+    value = {(r["provider"], r["metric"]): r for r in rec.rows}
+    assert next(times, None) is None, "not every provider was timed"
+    assert value[("torch.func", "ms")]["value"] == 8.0
+    assert value[("tritonfunc", "status")]["value"] == "ok"
+    assert value[("tritonfunc", "ms")]["value"] == 1.0 and value[("torch.compile", "ms")]["value"] == 2.0
+    ideal = value[("roofline", "ideal_bytes")]["value"]
+    assert ideal == 2 * 4 * 64 * 4 + 4 * 8
+    assert value[("roofline", "ms")]["value"] == pytest.approx(1e3 * ideal / 1e12)
+    assert value[("roofline", "ms")]["note"] == "memory"
+    text = "\n".join(suite.report(rec.rows))
+    assert "vs compile 2.00x met" in text and "vs torch.func 8.00x met" in text and "missed" in text
