@@ -1,18 +1,26 @@
-"""The project's GPU check: one prepared script for a session that is lent a GPU.
+"""The project's GPU check: one command for a session that is lent a CUDA GPU.
 
-    python perf/gpu_check.py [--quick]
+    python perf/gpu_check.py [--out DIR] [--html FILE] [--budget-s 270] [--quick]
 
-1. Correctness on CUDA tensors (compiled Triton kernels, not the interpreter): a table of functions,
-   each through jit, grad, jvp, vmap and jacrev, against torch / torch.func, with ulp-level
-   tolerances (on a GPU, fp32 exp, sqrt and division are approximate and a*b+c is fused).
-2. Unless --quick: the timings of perf/bench.py and perf/bench_transforms.py.
-Exits non-zero if any check fails.  Run it without TRITON_INTERPRET: the interpreter replaces
-triton.language's own helpers at import, which a compiled kernel cannot call.
+1. The gpu-marked tests (`pytest -m gpu`), which run this script with --quick: correctness on CUDA
+   tensors (compiled Triton kernels, not the interpreter) of a table of functions through jit, grad,
+   jvp, vmap and jacrev against torch / torch.func, with ulp-level tolerances (on a GPU, fp32 exp,
+   sqrt and division are approximate and a*b+c is fused).
+2. The perf suite (perf/suite.py) at GPU sizes within --budget-s seconds, its rows written to
+   DIR/<run>.jsonl (default perf/results/, to be committed).
+3. The dashboard (perf/dashboard.py) over perf/results/ and DIR, written to FILE (default DIR/dashboard.html).
+Sized to finish within 8 minutes on one H100. Exits non-zero if a test fails, the suite crashes, or
+tritonfunc disagrees with torch.func in the suite ("wrong"); a provider that raises ("fails") is
+reported, not fatal. Run it without TRITON_INTERPRET: the interpreter replaces triton.language's
+own helpers at import, which a compiled kernel cannot call.
 """
 
+import argparse
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -22,6 +30,7 @@ import torch.nn.functional as F
 import tritonfunc
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 RTOL, ATOL = 1e-4, 1e-5
 
 FUNCTIONS = {
@@ -63,13 +72,8 @@ def checks(x: torch.Tensor):
         yield f"{name}: jacrev", lambda f=f: tritonfunc.jacrev(f)(x[:4]), lambda f=f: torch.func.jacrev(f)(x[:4])
 
 
-def main() -> int:
-    if not torch.cuda.is_available():
-        print("gpu_check: no CUDA device; nothing to check")
-        return 0
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        print("gpu_check: unset TRITON_INTERPRET (the interpreter breaks compiled kernels in this process)")
-        return 2
+def correctness() -> int:
+    """The quick check: every function and transform on CUDA against torch.func; returns the failures."""
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = False
     x = torch.randn(64, 48, device="cuda")
@@ -86,10 +90,61 @@ def main() -> int:
             print(f"  FAIL {name:34s} {type(e).__name__}: {str(e)[:200]}")
         failures += not ok
     print(f"{failures} failed")
-    if "--quick" not in sys.argv:
-        for bench in ("bench.py", "bench_transforms.py"):
-            failures += subprocess.run([sys.executable, str(HERE / bench)]).returncode != 0
-    return 1 if failures else 0
+    return failures
+
+
+def _step(title: str, cmd: list[str], env: dict) -> int:
+    print(f"\n== {title}: {' '.join(cmd)}", flush=True)
+    start = time.perf_counter()
+    code = subprocess.run(cmd, cwd=ROOT, env=env).returncode
+    print(f"== {title}: exit {code} in {time.perf_counter() - start:.0f} s", flush=True)
+    return code
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="only the correctness table (what the gpu test runs)")
+    parser.add_argument("--out", default=str(HERE / "results"), help="folder for the suite's rows (perf/results/)")
+    parser.add_argument("--html", help="the dashboard to write (default OUT/dashboard.html)")
+    parser.add_argument("--budget-s", type=float, default=270, help="time for the perf suite (default 270 s)")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile in the suite")
+    opts = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("gpu_check: no CUDA device; nothing to check")
+        return 0
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("gpu_check: unset TRITON_INTERPRET (the interpreter breaks compiled kernels in this process)")
+        return 2
+    if opts.quick:
+        return 1 if correctness() else 0
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "TRITONFUNC_BACKEND")}
+    env["PYTHONUNBUFFERED"] = "1"
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    html = opts.html or str(out / "dashboard.html")
+    before = set(out.glob("*.jsonl"))
+    failed = []
+    if _step("gpu tests", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"], env):
+        failed.append("gpu tests")
+    suite = [sys.executable, str(HERE / "suite.py"), "--out", f"{out}/", f"--budget-s={opts.budget_s}"]
+    if _step("perf suite", suite + (["--no-compile"] if opts.no_compile else []), env):
+        failed.append("perf suite")
+    wrong = [
+        f"{r['workload']} {r['size']}"
+        for path in set(out.glob("*.jsonl")) - before
+        for r in map(json.loads, path.read_text().splitlines())
+        if r["provider"] == "tritonfunc" and r["metric"] == "status" and r["value"] == "wrong"
+    ]
+    if wrong:
+        failed.append(f"tritonfunc disagrees with torch.func on {', '.join(wrong)}")
+    results = ["--results", str(HERE / "results")] + (
+        ["--results", str(out)] if out.resolve() != HERE / "results" else []
+    )
+    if _step("dashboard", [sys.executable, str(HERE / "dashboard.py"), "--out", html, *results], env):
+        failed.append("dashboard")
+    print("\ngpu_check: " + ("FAILED: " + "; ".join(failed) if failed else f"passed; rows in {out}, page {html}"))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
