@@ -52,7 +52,7 @@ def _layer_norm_args(rows, cols, device):
     return (torch.randn(rows, cols, device=device), torch.randn(cols, device=device), torch.randn(cols, device=device))
 
 
-# (function, makes its arguments from rows, cols and a device); perf/bench.py runs the same table.
+# (function, makes its arguments from rows, cols and a device); perf/suite.py runs the same table.
 WORKLOADS = [
     (elementwise_chain, _rows),
     (softmax, _rows),
