@@ -47,4 +47,4 @@ def lowering_for(func) -> Callable | None:
     return LOWERINGS.get(func) or LOWERINGS.get(func.overloadpacket)
 
 
-from . import attention, contractions, elementwise, nn, random, reductions, scatter, shapes  # noqa: E402, F401  (fill the tables)
+from . import attention, contractions, elementwise, nn, pooling, random, reductions, scatter, shapes  # noqa: E402, F401  (fill the tables)
