@@ -85,6 +85,7 @@ INDEXED = [
     ("index_put_broadcast_value", lambda x, s: x.index_put((torch.tensor([3, 1]),), s[0, 0])),
     ("setitem_on_fresh_tensor", lambda x, s: _setitem(x * 2, (slice(None), torch.tensor([1, 3])), s[0, :2])),
     ("setitem_index_grid", lambda x, s: _setitem(x * 2, (torch.tensor([[0], [3]]), torch.tensor([[1, 4]])), s[:2, :2])),
+    ("index_put__accumulate", lambda x, s: (x * 1).index_put_((torch.tensor([3, 1, 3]),), s, accumulate=True)),
     ("index_add", lambda x, s: x.index_add(0, torch.tensor([0, 2, 0]), s, alpha=2.0)),
     ("index_add_dim1", lambda x, s: x.index_add(1, torch.tensor([4, 1, 4]), s[:, :3].repeat(2, 1)[:4])),
     ("index_fill", lambda x, s: x.index_fill(1, torch.tensor([0, -2]), 2.5) * s[0]),
