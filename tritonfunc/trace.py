@@ -25,7 +25,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import fallback
-from .aten import VIEW_OPS, aten, lowering_for
+from .aten import VIEW_OPS, Updates, aten, lowering_for
 from .aten.random import FACTORIES, lower_factory, lower_random
 from .graph import Builder, Graph, Var
 from .primitives import OPAQUE
@@ -180,8 +180,11 @@ def _dispatch(func, args, kwargs):
         except NotImplementedError:
             pass
         del b.nodes[mark:]
+    meta_kwargs = pytree.tree_map(_to_meta, kwargs)
+    if "device" in kwargs:  # x.to(dtype, device=x.device), as torch.softmax(x, dtype=...) calls it
+        meta_kwargs["device"] = "meta"
     try:
-        out_meta = func(*pytree.tree_map(_to_meta, args), **pytree.tree_map(_to_meta, kwargs))
+        out_meta = func(*pytree.tree_map(_to_meta, args), **meta_kwargs)
     except NotImplementedError as e:  # e.g. boolean-mask indexing: its shape depends on the values
         raise NotImplementedError(
             f"tritonfunc: operator {func} is not supported: its output shape depends on tensor values, which a "
@@ -193,7 +196,10 @@ def _dispatch(func, args, kwargs):
             out = lowering(b, out_meta, *vargs, **vkwargs)
         else:
             out = fallback.emit_aten(func, vargs, vkwargs, out_meta)
+    out, updates = (out.result, out.args) if isinstance(out, Updates) else (out, {})
     result = _as_tracers(b, out)
+    for i, new in updates.items():  # an op that updates arguments in place (batch norm's running stats)
+        args[i].copy_(Tracer(b, new))
     if func in VIEW_OPS and isinstance(args[0], Tracer):
         args[0]._has_views = True
         for r in result if isinstance(result, (list, tuple)) else [result]:

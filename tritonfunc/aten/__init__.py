@@ -10,7 +10,7 @@ decomposition table, and what is left runs as a torch call (fallback.py).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -34,8 +34,17 @@ def lowers(*ops, view: bool = False):
     return register
 
 
+class Updates(NamedTuple):
+    """What a lowering returns for an op that also updates arguments in place (batch norm's running
+    statistics): the op's result, and the new value of each updated argument by position.  Tracing
+    writes each back with `copy_`, so in-place rules apply as to the user's own code."""
+
+    result: Any
+    args: dict[int, Any]
+
+
 def lowering_for(func) -> Callable | None:
     return LOWERINGS.get(func) or LOWERINGS.get(func.overloadpacket)
 
 
-from . import contractions, elementwise, nn, random, reductions, shapes  # noqa: E402, F401  (fill the tables)
+from . import attention, contractions, elementwise, nn, pooling, random, reductions, scatter, shapes  # noqa: E402, F401  (fill the tables)
