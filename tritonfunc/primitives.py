@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from .graph import PRIMS, Var, current_builder
-from .indexing import Idx, Index, clamp, clamp_above, reshape_index
+from .indexing import Idx, Index, clamp, clamp_above, reshape_index, reverse
 
 Shape = tuple[int, ...]
 FUSED, TEMPLATE, OPAQUE = "fused", "template", "opaque"
@@ -637,6 +637,19 @@ slice_.batch = lambda xs, bt, size, *, start, stop, step: slice_(
 )
 pad.batch = lambda xs, bt, size, *, lo, hi, interior: pad(xs[0], lo=(0, *lo), hi=(0, *hi), interior=(0, *interior))
 pad.transpose = _pad_transpose
+
+
+def _rev_index(node, index):
+    axes = node.params["axes"]
+    return [tuple(reverse(i, n) if d in axes else i for d, (i, n) in enumerate(zip(index, node.out.shape)))]
+
+
+# rev: x read backwards along `axes` (torch.flip).
+rev = register(
+    Primitive("rev", "view", lambda x, *, axes: x, lambda x, *, axes: torch.flip(x, axes), index_rule=_rev_index)
+)
+rev.transpose = lambda ct, out, x, *, axes: [rev(ct, axes=axes)]
+rev.batch = lambda xs, bt, size, *, axes: rev(xs[0], axes=_shift(axes))
 
 
 # ---------------------------------------------------------------------------------------------
