@@ -235,6 +235,12 @@ REDUCTIONS: dict[Primitive, ReductionLowering] = {
 }
 
 
+# Scans along axis 1 of a row tile (the whole row: scanned rows never loop over column blocks).
+SCANS: dict[Primitive, str] = {
+    P.cumsum: "tl.cumsum({tile}, axis=1, reverse={reverse})",
+}
+
+
 HEADER = """import triton
 import triton.language as tl
 from triton.language.extra import libdevice
@@ -408,6 +414,10 @@ class _Emitter:
                 text = f"{args[0]}.to(tl.float16).to(tl.float32)"
             elif node.prim is P.convert and node.out.dtype == torch.bfloat16:
                 text = f"_round_bf16({args[0]}.to(tl.float32)).to(tl.float32)"
+            elif entry.op == "scan":  # along the row tile; masked columns add nothing
+                zero = literal(0, node.out.dtype)
+                rule = SCANS[node.prim]
+                text = rule.format(tile=f"tl.where(mask, {args[0]}, {zero})", reverse=node.params["reverse"])
             else:
                 text = LOWERINGS[node.prim](args, node, entry.index)
         name = self.fresh()
@@ -484,6 +494,7 @@ def _rows_body(em: _Emitter, kernel: Kernel, body: list[str], pid: str):
             em.store(v, e, scope)
         return grid, {v: 1 for v in em.loads}, _num_warps(block_r * block_c)
     # Long rows: one loop over column blocks per reduction stage, then one for per-element stores.
+    assert not any(e.op == "scan" for e in kernel.entries), "a scanned row must fit one tile"
     passes: dict[Var, int] = {}
     stages = [[e for e in reductions if e.stage == s] for s in sorted({e.stage for e in reductions})]
     for group in stages + ([per_element] if per_element else []):

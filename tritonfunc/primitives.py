@@ -761,6 +761,19 @@ reduce_prod.jvp = lambda primals, tangents, out, *, axes: reduce_sum(
 )
 reduce_prod.vjp = lambda primals, out, ct, *, axes: [expand_back(ct, primals[0], axes) * _prod_others(primals[0], axes)]
 
+# ---------------------------------------------------------------------------------------------
+# Scans along one axis: a row kernel keeps the row in registers and scans it (tl.cumsum).
+
+
+def _cumsum_impl(x, *, axis, reverse):
+    return x.flip(axis).cumsum(axis).flip(axis) if reverse else x.cumsum(axis)
+
+
+# Inclusive prefix sums along `axis`, from the end when `reverse` (the adjoint of the forward scan).
+cumsum = register(Primitive("cumsum", "scan", lambda x, *, axis, reverse: x, _cumsum_impl))
+cumsum.transpose = lambda ct, out, x, *, axis, reverse: [cumsum(ct, axis=axis, reverse=not reverse)]
+cumsum.batch = lambda xs, bt, size, *, axis, reverse: cumsum(xs[0], axis=axis + 1, reverse=reverse)
+
 
 for _p in list(PRIMS.values()):
     check_rules(_p)

@@ -6,8 +6,10 @@ import math
 
 import torch
 
+from .. import fallback
 from .. import primitives as P
 from ..graph import Var
+from ..schedule import MAX_ROW_TILE
 from . import aten, lowers, prims_ops
 
 
@@ -166,3 +168,27 @@ lowers(aten.argmax)(_arg_extremum(P.reduce_max))
 lowers(aten.argmin)(_arg_extremum(P.reduce_min))
 lowers(aten.max.dim)(_extremum_with_index(P.reduce_max))
 lowers(aten.min.dim)(_extremum_with_index(P.reduce_min))
+
+
+# -- scans --------------------------------------------------------------------------------------
+
+
+@lowers(aten.cumsum.default)
+def _cumsum(b, out, x, dim, *, dtype=None):
+    x = b.cast(x, out.dtype)
+    if not x.shape or x.shape[dim % len(x.shape)] <= 1:
+        return b.copy(x)
+    axis = dim % len(x.shape)
+    if x.shape[axis] > MAX_ROW_TILE:  # a scan keeps the whole row in registers: longer rows go to torch
+        return fallback.emit_aten(aten.cumsum.default, (x, axis), {}, out)
+    return b.cumsum(x, axis=axis, reverse=False)
+
+
+def _torch_call(op):
+    return lambda b, out, *args, **kwargs: fallback.emit_aten(op, args, kwargs, out)
+
+
+# No fused scan for these: cumprod's derivative through zeros and logcumsumexp's rescaling along the
+# row are torch's.  The op runs whole (not its decomposition into prims) so torch.func differentiates it.
+lowers(aten.cumprod.default)(_torch_call(aten.cumprod.default))
+lowers(aten.logcumsumexp.default)(_torch_call(aten.logcumsumexp.default))
