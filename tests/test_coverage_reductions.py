@@ -77,6 +77,10 @@ def test_max_dim_derivative_goes_to_the_first_tie_unlike_amax(backend):
     x = torch.tensor([[2.0, 5.0, 5.0, 1.0], [3.0, 3.0, 3.0, 3.0]], dtype=torch.float64)
     for f in (lambda x: x.max(1).values.sum(), lambda x: x.amax(1).sum()):
         assert_same(tritonfunc.grad(f)(x), torch.func.grad(f)(x))
+    f = lambda x: x.min(0).values * x.max(1, keepdim=True).values  # noqa: E731
+    assert_same(tritonfunc.jacrev(f)(x), torch.func.jacrev(f)(x))
+    g = lambda x: (x.max(1).values ** 2).sum() + torch.var_mean(x, 1)[0].sum()  # noqa: E731
+    assert_same(tritonfunc.hessian(g)(x), torch.func.hessian(g)(x))
 
 
 def test_argmax_and_max_dim_are_one_row_kernel(interpreter):
