@@ -154,8 +154,8 @@ def _rsqrt(args, node, index):
 
 @lowers(P.polygamma)
 def _polygamma(args, node, index):
-    helper = {0: "_digamma", 1: "_trigamma"}.get(node.params["n"])
-    if helper is None or node.params["n"] > P.FUSED_POLYGAMMA:
+    helper = {0: "_digamma", 1: "_trigamma"}.get(node.params["n"])  # up to P.FUSED_POLYGAMMA
+    if helper is None:
         raise NotImplementedError(f"tritonfunc: polygamma of order {node.params['n']} has no fused kernel")
     return f"{helper}({args[0]})"
 
@@ -284,7 +284,7 @@ SPECIAL_FUNCTIONS = {
 def _digamma(x):
     # torch's calc_digamma: reflection below 0, the recurrence up to 10, then the asymptotic series.
     one = tl.full([], 1.0, x.dtype)
-    pi = tl.full([], 3.14159265358979323846, x.dtype)
+    pi = tl.full([], 3.14159265358979323846, tl.float64)
     negative = x < 0
     frac = x - tl.where(negative, tl.ceil(x), tl.floor(x))
     y = tl.where(negative, one - x, x)
@@ -304,7 +304,8 @@ def _digamma(x):
     series = tl.where(y < 1.0e17, z * poly, tl.zeros_like(z))
     psi = acc + tl.log(y) - tl.full([], 0.5, x.dtype) / y - series
     psi = tl.where(y == 10, acc + tl.full([], 2.25175258906672110764, x.dtype), psi)
-    psi = tl.where(negative, psi - pi / libdevice.tan(pi * frac), psi)
+    reflection = (pi / libdevice.tan(pi * frac.to(tl.float64))).to(x.dtype)  # in fp64, as torch's
+    psi = tl.where(negative, psi - reflection, psi)
     nan = tl.zeros_like(x) / 0.0  # not the global _NAN: NaN != NaN fails the compiler's global check
     psi = tl.where(negative, tl.where(frac == 0, nan, psi), psi)  # poles at the negative integers
     return tl.where(x == 0, tl.where(one / x < 0, _INF, -_INF), psi)  # -inf at +0, +inf at -0

@@ -4,7 +4,7 @@ A primitive has:
   - a shape/dtype rule, and a reference implementation with torch ops (the `torch` backend, and the
     oracle for generated kernels);
   - an execution strategy: FUSED (codegen emits it inside a generated kernel: elementwise, view,
-    reduction and source primitives), TEMPLATE (a hand-written kernel in kernels/) or OPAQUE (run
+    reduction, scan and source primitives), TEMPLATE (a hand-written kernel in kernels/) or OPAQUE (run
     by torch between kernels; see fallback.py);
   - for views, an *index rule*: the index at which each operand is read, given the index being
     computed, so views fuse for free (indexing.py);
@@ -40,7 +40,7 @@ FUSED, TEMPLATE, OPAQUE = "fused", "template", "opaque"
 @dataclass(eq=False)
 class Primitive:
     name: str
-    kind: str  # elementwise | view | reduction | source | opaque | template
+    kind: str  # elementwise | view | reduction | scan | source | opaque | template
     shape_rule: Callable[..., Any]  # avals -> (shape, dtype), or a list of them (multiple_results)
     impl: Callable[..., Any]  # reference implementation with torch ops
     strategy: str = FUSED
@@ -275,9 +275,16 @@ sub.transpose = lambda ct, out, x, y: [ct, -ct]
 mul.deriv = lambda out, x, y: [y, x]
 div.deriv = lambda out, x, y: [reciprocal(y), -(out / y)]
 fmod.deriv = lambda out, x, y: [like(out, 1), -trunc(x / y)]
-
-
 hypot.deriv = lambda out, x, y: [x / out, y / out]
+
+
+def _sum_terms(*terms):
+    """The sum of the terms that are not None (symbolic zeros; at least one is not)."""
+    total = None
+    for t in terms:
+        if t is not None:
+            total = t if total is None else total + t
+    return total
 
 
 # atan2(y, x): torch's forward mode divides by y^2 + x^2 (NaN at the origin), its reverse mode
@@ -299,15 +306,6 @@ def _atan2_vjp(primals, out, ct):
 
 
 atan2.jvp, atan2.vjp = _atan2_jvp, _atan2_vjp
-
-
-def _sum_terms(*terms):
-    """The sum of the terms that are not None (symbolic zeros; at least one is not)."""
-    total = None
-    for t in terms:
-        if t is not None:
-            total = t if total is None else total + t
-    return total
 
 
 # xlogy: torch's derivative in x is xlogy(x_dot, y), 0 where x == 0 and y <= 0 (not log(y) = nan);
@@ -760,6 +758,7 @@ reduce_prod.jvp = lambda primals, tangents, out, *, axes: reduce_sum(
     tangents[0] * _prod_others(primals[0], axes), axes=axes
 )
 reduce_prod.vjp = lambda primals, out, ct, *, axes: [expand_back(ct, primals[0], axes) * _prod_others(primals[0], axes)]
+
 
 # ---------------------------------------------------------------------------------------------
 # Scans along one axis: a row kernel keeps the row in registers and scans it (tl.cumsum).
