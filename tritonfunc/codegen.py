@@ -120,6 +120,22 @@ for _prim, _text in {
     P.mod: f"tl.where({_NEEDS_FIX}, ({{a}} % {{b}}) + {{b}}, {{a}} % {{b}})",
     P.fmod: "({a} % {b})",  # Triton's % on floats is C's fmod
     P.where: "tl.where({0}, {1}, {2})",
+    P.sinh: "libdevice.sinh({x})",
+    P.cosh: "libdevice.cosh({x})",
+    P.asin: "libdevice.asin({x})",
+    P.acos: "libdevice.acos({x})",
+    P.atan: "libdevice.atan({x})",
+    P.asinh: "libdevice.asinh({x})",
+    P.acosh: "libdevice.acosh({x})",
+    P.atanh: "libdevice.atanh({x})",
+    P.erfc: "libdevice.erfc({x})",
+    P.erfinv: "libdevice.erfinv({x})",
+    P.lgamma: "libdevice.lgamma({x})",
+    P.round_: "libdevice.rint({x})",  # half to even, as torch.round
+    P.signbit: "(libdevice.signbit({x}) != 0)",
+    P.hypot: "libdevice.hypot({a}, {b})",
+    # 0 where x == 0 (x - x: +0 for -0 too), unless y is NaN.
+    P.xlogy: "tl.where({a} == 0, tl.where({b} != {b}, {b}, {a} - {a}), {a} * tl.log({b}))",
 }.items():
     _template(_prim, _text)
 
@@ -134,6 +150,14 @@ def _sqrt(args, node, index):
 def _rsqrt(args, node, index):
     # fp64 tl.rsqrt is approximate on the GPU (TRITON_NOTES.md), so divide by an exact sqrt.
     return f"(1.0 / {_sqrt(args, node, index)})"
+
+
+@lowers(P.polygamma)
+def _polygamma(args, node, index):
+    helper = {0: "_digamma", 1: "_trigamma"}.get(node.params["n"])  # up to P.FUSED_POLYGAMMA
+    if helper is None:
+        raise NotImplementedError(f"tritonfunc: polygamma of order {node.params['n']} has no fused kernel")
+    return f"{helper}({args[0]})"
 
 
 @lowers(P.convert)
@@ -211,6 +235,12 @@ REDUCTIONS: dict[Primitive, ReductionLowering] = {
 }
 
 
+# Scans along axis 1 of a row tile (the whole row: scanned rows never loop over column blocks).
+SCANS: dict[Primitive, str] = {
+    P.cumsum: "tl.cumsum({tile}, axis=1, reverse={reverse})",
+}
+
+
 HEADER = """import triton
 import triton.language as tl
 from triton.language.extra import libdevice
@@ -245,6 +275,61 @@ def _round_bf16(x):
     rounded = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
     return tl.where(x != x, x.to(tl.bfloat16), rounded)
 """
+
+
+# Helpers a kernel gets only when its body calls them (they are long, and most kernels need neither).
+SPECIAL_FUNCTIONS = {
+    "_digamma": """
+@triton.jit
+def _digamma(x):
+    # torch's calc_digamma: reflection below 0, the recurrence up to 10, then the asymptotic series.
+    one = tl.full([], 1.0, x.dtype)
+    pi = tl.full([], 3.14159265358979323846, tl.float64)
+    negative = x < 0
+    frac = x - tl.where(negative, tl.ceil(x), tl.floor(x))
+    y = tl.where(negative, one - x, x)
+    acc = tl.zeros_like(y)
+    for _ in tl.static_range(10):
+        low = y < 10
+        acc = tl.where(low, acc - one / y, acc)
+        y = tl.where(low, y + one, y)
+    z = one / (y * y)
+    poly = tl.full([], 8.33333333333333333333e-2, x.dtype)
+    poly = poly * z + tl.full([], -2.10927960927960927961e-2, x.dtype)
+    poly = poly * z + tl.full([], 7.57575757575757575758e-3, x.dtype)
+    poly = poly * z + tl.full([], -4.16666666666666666667e-3, x.dtype)
+    poly = poly * z + tl.full([], 3.96825396825396825397e-3, x.dtype)
+    poly = poly * z + tl.full([], -8.33333333333333333333e-3, x.dtype)
+    poly = poly * z + tl.full([], 8.33333333333333333333e-2, x.dtype)
+    series = tl.where(y < 1.0e17, z * poly, tl.zeros_like(z))
+    psi = acc + tl.log(y) - tl.full([], 0.5, x.dtype) / y - series
+    psi = tl.where(y == 10, acc + tl.full([], 2.25175258906672110764, x.dtype), psi)
+    reflection = (pi / libdevice.tan(pi * frac.to(tl.float64))).to(x.dtype)  # in fp64, as torch's
+    psi = tl.where(negative, psi - reflection, psi)
+    nan = tl.zeros_like(x) / 0.0  # not the global _NAN: NaN != NaN fails the compiler's global check
+    psi = tl.where(negative, tl.where(frac == 0, nan, psi), psi)  # poles at the negative integers
+    return tl.where(x == 0, tl.where(one / x < 0, _INF, -_INF), psi)  # -inf at +0, +inf at -0
+""",
+    "_trigamma": """
+@triton.jit
+def _trigamma(x):
+    # torch's calc_trigamma: reflection below 1/2, six recurrence steps, then the asymptotic series.
+    one = tl.full([], 1.0, x.dtype)
+    pi = tl.full([], 3.14159265358979323846, x.dtype)
+    reflect = x < 0.5
+    sin_pi_x = tl.sin(pi * x)
+    acc = tl.where(reflect, -(pi * pi) / (sin_pi_x * sin_pi_x), tl.zeros_like(x))
+    y = tl.where(reflect, one - x, x)
+    for _ in tl.static_range(6):
+        acc += one / (y * y)
+        y += one
+    ixx = one / (y * y)
+    tail = tl.full([], 1.0 / 30, x.dtype) - ixx * tl.full([], 1.0 / 42, x.dtype)
+    tail = tl.full([], 1.0 / 6, x.dtype) - ixx * tail
+    acc += (one + one / (2 * y) + ixx * tail) / y
+    return tl.where(reflect, -acc, acc)
+""",
+}
 
 
 @dataclass
@@ -330,6 +415,10 @@ class _Emitter:
                 text = f"{args[0]}.to(tl.float16).to(tl.float32)"
             elif node.prim is P.convert and node.out.dtype == torch.bfloat16:
                 text = f"_round_bf16({args[0]}.to(tl.float32)).to(tl.float32)"
+            elif entry.op == "scan":  # along the row tile; masked columns add nothing
+                zero = literal(0, node.out.dtype)
+                rule = SCANS[node.prim]
+                text = rule.format(tile=f"tl.where(mask, {args[0]}, {zero})", reverse=node.params["reverse"])
             else:
                 text = LOWERINGS[node.prim](args, node, entry.index)
         name = self.fresh()
@@ -376,7 +465,9 @@ def generate(kernel: Kernel, strides: dict[Var, tuple[int, ...]]) -> KernelSourc
     args = em.loads + em.stores
     params = [f"in{i}" for i in range(len(em.loads))] + [f"out{i}" for i in range(len(em.stores))]
     comment = _describe(kernel)
-    src = HEADER + "\n\n@triton.jit\n" + f"def {kernel.name}({', '.join(params)}):\n"
+    called = [text for name, text in SPECIAL_FUNCTIONS.items() if any(f"{name}(" in line for line in body)]
+    helpers = "".join("\n" + text for text in called)
+    src = HEADER + helpers + "\n\n@triton.jit\n" + f"def {kernel.name}({', '.join(params)}):\n"
     src += "".join(f"    # {line}\n" for line in comment)
     src += "".join(f"    {line}\n" if line else "\n" for line in body)
     signature = {p: "*" + DTYPES[v.dtype].signature for p, v in zip(params, args)}
@@ -404,6 +495,7 @@ def _rows_body(em: _Emitter, kernel: Kernel, body: list[str], pid: str):
             em.store(v, e, scope)
         return grid, {v: 1 for v in em.loads}, _num_warps(block_r * block_c)
     # Long rows: one loop over column blocks per reduction stage, then one for per-element stores.
+    assert not any(e.op == "scan" for e in kernel.entries), "a scanned row must fit one tile"
     passes: dict[Var, int] = {}
     stages = [[e for e in reductions if e.stage == s] for s in sorted({e.stage for e in reductions})]
     for group in stages + ([per_element] if per_element else []):

@@ -220,3 +220,10 @@ def clamp(index: Idx, lo: int, hi: int) -> Idx:
 
 def clamp_above(index: Idx, hi: int) -> Idx:
     return opaque(f"tl.minimum({index.render()}, {hi})", hi + 1, index.deps)
+
+
+def reverse(index: Idx, n: int) -> Idx:
+    """n - 1 - index: reading an axis of n elements backwards (flip)."""
+    if index.is_const():
+        return Idx.of(n - 1 - index.const)
+    return opaque(f"{n - 1} - ({index.render()})", n, index.deps)

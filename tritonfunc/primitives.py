@@ -4,7 +4,7 @@ A primitive has:
   - a shape/dtype rule, and a reference implementation with torch ops (the `torch` backend, and the
     oracle for generated kernels);
   - an execution strategy: FUSED (codegen emits it inside a generated kernel: elementwise, view,
-    reduction and source primitives), TEMPLATE (a hand-written kernel in kernels/) or OPAQUE (run
+    reduction, scan and source primitives), TEMPLATE (a hand-written kernel in kernels/) or OPAQUE (run
     by torch between kernels; see fallback.py);
   - for views, an *index rule*: the index at which each operand is read, given the index being
     computed, so views fuse for free (indexing.py);
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from .graph import PRIMS, Var, current_builder
-from .indexing import Idx, Index, clamp, clamp_above, reshape_index
+from .indexing import Idx, Index, clamp, clamp_above, reshape_index, reverse
 
 Shape = tuple[int, ...]
 FUSED, TEMPLATE, OPAQUE = "fused", "template", "opaque"
@@ -40,7 +40,7 @@ FUSED, TEMPLATE, OPAQUE = "fused", "template", "opaque"
 @dataclass(eq=False)
 class Primitive:
     name: str
-    kind: str  # elementwise | view | reduction | source | opaque | template
+    kind: str  # elementwise | view | reduction | scan | source | opaque | template
     shape_rule: Callable[..., Any]  # avals -> (shape, dtype), or a list of them (multiple_results)
     impl: Callable[..., Any]  # reference implementation with torch ops
     strategy: str = FUSED
@@ -158,6 +158,23 @@ copy = _unary("copy", torch.clone)
 exp2 = _unary("exp2", torch.exp2)
 log2 = _unary("log2", torch.log2)
 log10 = _unary("log10", torch.log10)
+sinh = _unary("sinh", torch.sinh)
+cosh = _unary("cosh", torch.cosh)
+asin = _unary("asin", torch.asin)
+acos = _unary("acos", torch.acos)
+atan = _unary("atan", torch.atan)
+asinh = _unary("asinh", torch.asinh)
+acosh = _unary("acosh", torch.acosh)
+atanh = _unary("atanh", torch.atanh)
+erfc = _unary("erfc", torch.erfc)  # not 1 - erf: that loses every digit in the tail
+erfinv = _unary("erfinv", torch.erfinv)
+lgamma = _unary("lgamma", torch.lgamma)
+# The n-th derivative of digamma (n = 0: digamma itself).  Kernels compute n <= 1 (FUSED_POLYGAMMA).
+polygamma = register(Primitive("polygamma", "elementwise", _same, lambda x, *, n: torch.polygamma(n, x)))
+# Round half to even, as torch.round.
+round_ = _unary("round", torch.round)
+# Whether the sign bit is set: true for -0.0 and negative NaNs too (copysign needs exactly that).
+signbit = register(Primitive("signbit", "elementwise", lambda x: (x[0], torch.bool), torch.signbit))
 
 LN2, LN10 = math.log(2.0), math.log(10.0)
 
@@ -181,7 +198,31 @@ exp2.deriv = lambda out, x: [out * LN2]
 log2.deriv = lambda out, x: [reciprocal(x * LN2)]
 log10.deriv = lambda out, x: [reciprocal(x * LN10)]
 erf.deriv = lambda out, x: [(2 / math.sqrt(math.pi)) * exp(-(x * x))]
-for _p in (floor, ceil, sign, logical_not, stop_gradient):
+erfc.deriv = lambda out, x: [(-2 / math.sqrt(math.pi)) * exp(-(x * x))]
+erfinv.deriv = lambda out, x: [(math.sqrt(math.pi) / 2) * exp(out * out)]
+sinh.deriv = lambda out, x: [cosh(x)]
+cosh.deriv = lambda out, x: [sinh(x)]
+asin.deriv = lambda out, x: [rsqrt(1 - x * x)]
+acos.deriv = lambda out, x: [-rsqrt(1 - x * x)]
+atan.deriv = lambda out, x: [reciprocal(x * x + 1)]
+asinh.deriv = lambda out, x: [rsqrt(x * x + 1)]
+acosh.deriv = lambda out, x: [rsqrt(x * x - 1)]
+atanh.deriv = lambda out, x: [reciprocal(1 - x * x)]
+lgamma.deriv = lambda out, x: [polygamma(x, n=0)]
+FUSED_POLYGAMMA = 1  # the highest order the kernels compute (digamma, trigamma); torch runs the rest
+
+
+def _polygamma_deriv(out, x, *, n):
+    if n + 1 <= FUSED_POLYGAMMA:
+        return [polygamma(x, n=n + 1)]
+    from .fallback import emit_aten  # imported late: the fallback builds on this module
+
+    meta = torch.empty(x.shape, dtype=x.dtype, device="meta")
+    return [emit_aten(torch.ops.aten.polygamma.default, (n + 1, x), {}, meta)]
+
+
+polygamma.deriv = _polygamma_deriv
+for _p in (floor, ceil, sign, logical_not, stop_gradient, round_, signbit):
     _p.nondiff = True
 
 
@@ -218,6 +259,9 @@ floordiv = _binary("floordiv", lambda a, b: torch.div(a, b, rounding_mode="floor
 mod = _binary("mod", torch.remainder)
 # C's fmod (the sign of a), torch.fmod.
 fmod = _binary("fmod", torch.fmod)
+hypot = _binary("hypot", torch.hypot)  # sqrt(a*a + b*b) without overflow or underflow on the way
+# x * log(y), 0 where x == 0 (unless y is NaN): torch.xlogy.
+xlogy = _binary("xlogy", torch.xlogy)
 for _p in (eq, ne, lt, le, gt, ge, logical_and, logical_or, floordiv, mod):
     _p.nondiff = True
 
@@ -231,14 +275,56 @@ sub.transpose = lambda ct, out, x, y: [ct, -ct]
 mul.deriv = lambda out, x, y: [y, x]
 div.deriv = lambda out, x, y: [reciprocal(y), -(out / y)]
 fmod.deriv = lambda out, x, y: [like(out, 1), -trunc(x / y)]
+hypot.deriv = lambda out, x, y: [x / out, y / out]
 
 
-def _atan2_deriv(out, y, x):
+def _sum_terms(*terms):
+    """The sum of the terms that are not None (symbolic zeros; at least one is not)."""
+    total = None
+    for t in terms:
+        if t is not None:
+            total = t if total is None else total + t
+    return total
+
+
+# atan2(y, x): torch's forward mode divides by y^2 + x^2 (NaN at the origin), its reverse mode
+# multiplies by a reciprocal that is 0 where y^2 + x^2 == 0, so grad(atan2(a, a)) is 0 at a = 0.
+
+
+def _atan2_jvp(primals, tangents, out):
+    y, x = primals
+    ty, tx = tangents
+    return _sum_terms(None if tx is None else -(y * tx), None if ty is None else x * ty) / (y * y + x * x)
+
+
+def _atan2_vjp(primals, out, ct):
+    y, x = primals
     r2 = y * y + x * x
-    return [x / r2, -(y / r2)]
+    at_origin = eq(r2, like(r2, 0))
+    recip = where(at_origin, like(r2, 0), reciprocal(where(at_origin, like(r2, 1), r2)))
+    return [ct * x * recip, ct * -y * recip]
 
 
-atan2.deriv = _atan2_deriv
+atan2.jvp, atan2.vjp = _atan2_jvp, _atan2_vjp
+
+
+# xlogy: torch's derivative in x is xlogy(x_dot, y), 0 where x == 0 and y <= 0 (not log(y) = nan);
+# in y, x / y.
+
+
+def _xlogy_x_part(x_dot, x, y):
+    zero = like(x, 0)
+    return where(logical_and(eq(x, zero), le(y, zero)), zero, xlogy(x_dot, y))
+
+
+def _xlogy_jvp(primals, tangents, out):
+    x, y = primals
+    tx, ty = tangents
+    return _sum_terms(None if tx is None else _xlogy_x_part(tx, x, y), None if ty is None else ty * x / y)
+
+
+xlogy.jvp = _xlogy_jvp
+xlogy.vjp = lambda primals, out, ct: [_xlogy_x_part(ct, *primals), ct * primals[0] / primals[1]]
 
 
 def _pow_deriv(out, x, y):
@@ -551,6 +637,19 @@ pad.batch = lambda xs, bt, size, *, lo, hi, interior: pad(xs[0], lo=(0, *lo), hi
 pad.transpose = _pad_transpose
 
 
+def _rev_index(node, index):
+    axes = node.params["axes"]
+    return [tuple(reverse(i, n) if d in axes else i for d, (i, n) in enumerate(zip(index, node.out.shape)))]
+
+
+# rev: x read backwards along `axes` (torch.flip).
+rev = register(
+    Primitive("rev", "view", lambda x, *, axes: x, lambda x, *, axes: torch.flip(x, axes), index_rule=_rev_index)
+)
+rev.transpose = lambda ct, out, x, *, axes: [rev(ct, axes=axes)]
+rev.batch = lambda xs, bt, size, *, axes: rev(xs[0], axes=_shift(axes))
+
+
 # ---------------------------------------------------------------------------------------------
 # Reductions over a tuple of axes.
 
@@ -659,6 +758,20 @@ reduce_prod.jvp = lambda primals, tangents, out, *, axes: reduce_sum(
     tangents[0] * _prod_others(primals[0], axes), axes=axes
 )
 reduce_prod.vjp = lambda primals, out, ct, *, axes: [expand_back(ct, primals[0], axes) * _prod_others(primals[0], axes)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Scans along one axis: a row kernel keeps the row in registers and scans it (tl.cumsum).
+
+
+def _cumsum_impl(x, *, axis, reverse):
+    return x.flip(axis).cumsum(axis).flip(axis) if reverse else x.cumsum(axis)
+
+
+# Inclusive prefix sums along `axis`, from the end when `reverse` (the adjoint of the forward scan).
+cumsum = register(Primitive("cumsum", "scan", lambda x, *, axis, reverse: x, _cumsum_impl))
+cumsum.transpose = lambda ct, out, x, *, axis, reverse: [cumsum(ct, axis=axis, reverse=not reverse)]
+cumsum.batch = lambda xs, bt, size, *, axis, reverse: cumsum(xs[0], axis=axis + 1, reverse=reverse)
 
 
 for _p in list(PRIMS.values()):

@@ -22,6 +22,7 @@ import contextlib
 import functools
 import hashlib
 import linecache
+import math
 import os
 import stat
 import sys
@@ -258,6 +259,13 @@ def compile_for_sm90(ks: KernelSource) -> dict:
     return compile_sm90(str(_source_file(ks)), ks.name, tuple(ks.signature.items()), ks.num_warps)
 
 
+def _lgamma(x: float) -> float:
+    try:
+        return math.lgamma(x)
+    except ValueError:  # a pole (0 or a negative integer): torch gives inf
+        return math.inf
+
+
 @functools.cache
 def install_interpreter_support():
     """Gives libdevice functions numpy bodies under the interpreter (its stubs return None).
@@ -293,6 +301,21 @@ def install_interpreter_support():
         "pow": np.power,
         "atan2": np.arctan2,
         "log10": np.log10,
+        "sinh": np.sinh,
+        "cosh": np.cosh,
+        "asin": np.arcsin,
+        "acos": np.arccos,
+        "atan": np.arctan,
+        "asinh": np.arcsinh,
+        "acosh": np.arccosh,
+        "atanh": np.arctanh,
+        "hypot": np.hypot,
+        "rint": np.rint,  # half to even
+        "signbit": np.signbit,
+        "erfc": np.vectorize(math.erfc, otypes=[np.float64]),
+        "lgamma": np.vectorize(_lgamma, otypes=[np.float64]),
+        # numpy has no erfinv (and scipy is not a dependency): torch's, on the same values
+        "erfinv": lambda x: torch.special.erfinv(torch.from_numpy(np.asarray(x))).numpy(),
     }
     for name, np_fn in table.items():
         setattr(libdevice, name, numpy_extern(getattr(libdevice, name), np_fn))

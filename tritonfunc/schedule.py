@@ -11,6 +11,8 @@ at the index tuple the walk derives (`Entry`).  Kernels come in two shapes:
   - rows: R rows x C reduced columns (variables `r`, `c`).  Every reduction in the kernel reduces
     C columns and is requested at an index that depends on the row only; values may be stored per
     row (R elements) or per element (R*C), so softmax, layer_norm and logsumexp are one kernel.
+    A scan (cumsum) runs along the C columns of a row held in registers, and is requested where
+    the kernel lays rows and columns out as the scan does.
 Values with the same kernel shape and no dependency between them share a launch.
 """
 
@@ -151,7 +153,7 @@ class Entry:
 
     var: Var
     index: Index
-    op: str  # "load" | "node" | "reduce"
+    op: str  # "load" | "node" | "reduce" | "scan"
     node: Node | None
     inputs: list[Entry]
     deps: frozenset[str]  # iteration variables the value varies with
@@ -176,7 +178,8 @@ class Kernel:
     def name(self) -> str:
         prims: list[str] = []
         for e in self.entries:
-            if e.node is not None and (e.node.prim.kind in ("elementwise", "reduction") or e.node.prim is P.rand):
+            computes = e.node is not None and e.node.prim.kind in ("elementwise", "reduction", "scan")
+            if computes or (e.node is not None and e.node.prim is P.rand):
                 name = e.node.prim.name.removeprefix("reduce_")
                 if name not in prims and name not in ("convert", "stop_gradient"):
                     prims.append(name)
@@ -223,6 +226,8 @@ class _Planner:
             kind = node.prim.kind
             if kind == "reduction":
                 entry = self._reduction(node, index, index_deps)
+            elif kind == "scan":
+                entry = self._scan(node, index, index_deps)
             else:
                 if node.prim.index_rule is not None:
                     inputs = [self.value(v, i) for v, i in zip(node.inputs, node.prim.index_rule(node, index))]
@@ -251,9 +256,42 @@ class _Planner:
         inp = self.value(x, in_index)
         return Entry(node.out, index, "reduce", node, [inp], index_deps, inp.stage + 1)
 
+    def _scan(self, node: Node, index: Index, index_deps) -> Entry:
+        """A scan is computed only where the kernel lays its rows and columns out as the scan does
+        (whole rows in registers: the aten lowering keeps scanned axes within MAX_ROW_TILE)."""
+        (x,) = node.inputs
+        rows, cols = _rows_and_cols(node)
+        assert cols <= MAX_ROW_TILE, f"tritonfunc: a scan of {cols} columns does not fit a row tile"
+        if self.domain != Domain("rows", rows, cols):
+            raise NotFusable(node.out)
+        natural = _laid_out(x.shape, _row_axes(node), self.vars["r"], self.vars["c"])
+        if tuple(i.render() for i in index) != tuple(i.render() for i in natural):
+            raise NotFusable(node.out)
+        inp = self.value(x, natural)
+        return Entry(node.out, index, "scan", node, [inp], index_deps, inp.stage + 1)
+
+
+def _row_axes(node: Node) -> tuple[int, ...]:
+    """The axes a row kernel lays along its columns for this reduction or scan."""
+    return node.params["axes"] if node.prim.kind == "reduction" else (node.params["axis"],)
+
+
+def _rows_and_cols(node: Node) -> tuple[int, int]:
+    x = node.inputs[0]
+    cols = math.prod(x.shape[a] for a in _row_axes(node))
+    return (x.numel // cols if cols else 0), cols
+
+
+def _laid_out(shape: tuple[int, ...], axes, r: Idx, c: Idx) -> Index:
+    """The index of an element of `shape` at row r, column c, when rows run over the axes not in
+    `axes` and columns over `axes`."""
+    kept = iter(unravel(r, tuple(s for d, s in enumerate(shape) if d not in axes)))
+    cols = iter(unravel(c, tuple(shape[a] for a in axes)))
+    return tuple(next(cols) if d in axes else next(kept) for d in range(len(shape)))
+
 
 def _region_reductions(var: Var, materialized: set[Var], producers: dict[Var, Node]) -> list[Node]:
-    """Reductions computed by `var`'s kernel if nothing more is materialized, nearest first."""
+    """Reductions and scans computed by `var`'s kernel if nothing more is materialized, nearest first."""
     found, seen, frontier = [], {var}, [var]
     while frontier:
         nxt = []
@@ -261,7 +299,7 @@ def _region_reductions(var: Var, materialized: set[Var], producers: dict[Var, No
             node = producers.get(v)
             if node is None or (v in materialized and v is not var):
                 continue
-            if node.prim.kind == "reduction":
+            if node.prim.kind in ("reduction", "scan"):
                 found.append(node)
             for u in node.inputs:
                 if u not in seen:
@@ -280,22 +318,17 @@ def _store_index(var: Var, domain: Domain, reductions: list[Node]) -> Index:
         return unravel(r, var.shape)
     for red in reductions:  # per-element store: lay rows and columns out as the reduction does
         x = red.inputs[0]
-        if x.shape == var.shape and math.prod(x.shape[a] for a in red.params["axes"]) == domain.cols:
-            axes = red.params["axes"]
-            kept = iter(unravel(r, tuple(s for d, s in enumerate(x.shape) if d not in axes)))
-            cols = iter(unravel(c, tuple(x.shape[a] for a in axes)))
-            return tuple(next(cols) if d in axes else next(kept) for d in range(len(x.shape)))
+        if x.shape == var.shape and _rows_and_cols(red)[1] == domain.cols:
+            return _laid_out(x.shape, _row_axes(red), r, c)
     return unravel(r * domain.cols + c, var.shape)
 
 
 def _domain_for(var: Var, reductions: list[Node]) -> Domain:
     if not reductions:
         return Domain("pointwise", var.numel)
-    red = reductions[0]
-    rows = red.out.numel
-    cols = math.prod(red.inputs[0].shape[a] for a in red.params["axes"])
+    rows, cols = _rows_and_cols(reductions[0])
     if var.numel not in (rows, rows * cols):
-        raise NotFusable(red.out)
+        raise NotFusable(reductions[0].out)
     return Domain("rows", rows, cols)
 
 
@@ -361,11 +394,11 @@ def schedule(graph: Graph) -> Program:
         except NotFusable as e:
             materialized.add(e.var)
             continue
-        # A reduction planned into several kernels would be recomputed by each: store it once.
+        # A reduction (or scan) planned into several kernels would be recomputed by each: store it once.
         owners: dict[Var, set[int]] = {}
         for k, step in enumerate(steps):
             for e in step.kernel.entries if isinstance(step, KernelStep) else []:
-                if e.op == "reduce":
+                if e.op in ("reduce", "scan"):
                     owners.setdefault(e.var, set()).add(k)
         shared = [v for v, ks in owners.items() if len(ks) > 1]
         if not shared:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from .. import fallback
 from .. import primitives as P
 from ..graph import Var
 from . import aten, lowers, prims_ops
@@ -36,8 +39,112 @@ for _op, _prim in [
     (aten.exp2, P.exp2),
     (aten.log2, P.log2),
     (aten.log10, P.log10),
+    (aten.sinh, P.sinh),
+    (aten.cosh, P.cosh),
+    (aten.asin, P.asin),
+    (aten.acos, P.acos),
+    (aten.atan, P.atan),
+    (aten.asinh, P.asinh),
+    (aten.acosh, P.acosh),
+    (aten.atanh, P.atanh),
+    (aten.erfc, P.erfc),
+    (aten.erfinv, P.erfinv),
+    (aten.lgamma, P.lgamma),
 ]:
     lowers(_op)(_unary(_prim))
+
+
+@lowers(aten.digamma)
+def _digamma(b, out, x):
+    return b.polygamma(b.cast(x, out.dtype), n=0)
+
+
+@lowers(aten.polygamma.default)
+def _polygamma(b, out, n, x):
+    if n > P.FUSED_POLYGAMMA:  # no kernel for the higher orders: torch's own
+        return fallback.emit_aten(aten.polygamma.default, (n, x), {}, out)
+    return b.polygamma(b.cast(x, out.dtype), n=n)
+
+
+@lowers(aten.trunc)
+def _trunc(b, out, x):
+    return P.trunc(x) if x.dtype.is_floating_point else b.copy(x)
+
+
+@lowers(aten.frac)
+def _frac(b, out, x):
+    return x - P.trunc(x)
+
+
+@lowers(aten.round)
+def _round(b, out, x, *, decimals=0):
+    if not x.dtype.is_floating_point:
+        return b.copy(x)
+    if decimals == 0:
+        return b.round(x)
+    # torch scales by 10^|decimals| (one rounding), rounds half to even, and scales back.
+    scale = 10.0 ** abs(decimals)
+    return b.round(x * scale) / scale if decimals > 0 else b.round(x / scale) * scale
+
+
+@lowers(aten.signbit)
+def _signbit(b, out, x):
+    if x.dtype == torch.bool:
+        return b.full(False, torch.bool, out.shape)
+    return b.signbit(x) if x.dtype.is_floating_point else b.lt(x, b.like(x, 0))
+
+
+@lowers(aten.copysign)
+def _copysign(b, out, x, sign):
+    magnitude = b.abs(b.operand(x, out.dtype, out.shape))  # its derivative, sign(x), is torch's
+    if not isinstance(sign, Var):
+        return magnitude if math.copysign(1.0, sign) > 0 else -magnitude
+    negative = _signbit(b, None, b.broadcast_to(sign, out.shape))
+    return b.where(negative, -magnitude, magnitude)
+
+
+@lowers(aten.nan_to_num)
+def _nan_to_num(b, out, x, nan=None, posinf=None, neginf=None):
+    if not x.dtype.is_floating_point:
+        return b.copy(x)
+    info = torch.finfo(x.dtype)
+    fill = [(b.ne(x, x), 0.0 if nan is None else nan)]
+    fill += [(b.eq(x, b.like(x, math.inf)), info.max if posinf is None else posinf)]
+    fill += [(b.eq(x, b.like(x, -math.inf)), info.min if neginf is None else neginf)]
+    y = x
+    for hit, value in fill:  # selects: the derivative is 1 where x is finite, 0 elsewhere (torch's)
+        y = b.where(hit, b.like(x, value), y)
+    return y
+
+
+@lowers(aten.isnan)
+def _isnan(b, out, x):
+    return b.ne(x, x) if x.dtype.is_floating_point else b.full(False, torch.bool, out.shape)
+
+
+@lowers(aten.logical_xor)
+def _logical_xor(b, out, a, c):
+    shape = out.shape
+    xor = b.ne(b.operand(a, torch.bool, shape), b.operand(c, torch.bool, shape))
+    return b.cast(xor, out.dtype)
+
+
+@lowers(aten.sinc)
+def _sinc(b, out, x):
+    # sin(pi x) / (pi x), 1 at 0; the quotient sees 1 there, so its derivative is finite (0 * nan).
+    a = b.cast(x, out.dtype) * math.pi
+    at_zero = b.eq(a, b.like(a, 0))
+    safe = b.where(at_zero, b.like(a, 1), a)
+    return b.where(at_zero, b.like(a, 1), b.sin(safe) / safe)
+
+
+@lowers(aten.heaviside)
+def _heaviside(b, out, x, values):
+    # 0 below zero (and at NaN), 1 above, `values` at zero.  torch has no derivative for it; this
+    # one is the mathematical one: none in x, 1 in `values` where x == 0.
+    x, values = b.operand(x, out.dtype, out.shape), b.operand(values, out.dtype, out.shape)
+    step = b.convert(b.gt(x, b.like(x, 0)), dtype=out.dtype)
+    return b.where(b.eq(x, b.like(x, 0)), values, step)
 
 
 @lowers(aten.relu)
@@ -85,6 +192,8 @@ def _scalar_or_meta(x):
 
 
 for _op, _prim in [
+    (aten.hypot, P.hypot),
+    (aten.xlogy, P.xlogy),
     (aten.add, P.add),
     (aten.sub, P.sub),
     (aten.mul, P.mul),
@@ -222,16 +331,26 @@ def _masked_fill(b, out, x, mask, value):
 
 @lowers(aten.clamp, aten.clamp_min)
 def _clamp(b, out, x, lo=None, hi=None):
-    # Selects rather than maximum/minimum: torch passes the whole derivative to x at a bound, and
-    # min(max(x, lo), hi) gives hi when lo > hi.
-    y = b.operand(x, out.dtype, out.shape)
-    if lo is not None:
-        lo = b.operand(lo, out.dtype, out.shape)
-        y = b.where(b.lt(y, lo), lo, y)
-    if hi is not None:
-        hi = b.operand(hi, out.dtype, out.shape)
-        y = b.where(b.gt(y, hi), hi, y)
-    return y
+    """Selects with torch's derivative: to x where lo <= x <= hi (none at NaN); to a tensor bound
+    where it wins (lo where x < lo < hi, hi where x > hi or hi < lo).  The value is
+    min(max(x, lo), hi): NaN if any of the three is."""
+    tensor_lo, tensor_hi = isinstance(lo, Var), isinstance(hi, Var)
+    x = b.operand(x, out.dtype, out.shape)
+    lo = None if lo is None else b.operand(lo, out.dtype, out.shape)
+    hi = None if hi is None else b.operand(hi, out.dtype, out.shape)
+    clamped = x if lo is None else b.maximum(x, lo)
+    clamped = clamped if hi is None else b.minimum(clamped, hi)
+    y = b.stop_gradient(clamped)  # where nothing wins (NaNs, lo == hi): no derivative, as in torch
+    if tensor_hi:
+        hi_wins = b.gt(x, hi) if lo is None else b.logical_or(b.gt(x, hi), b.lt(hi, lo))
+        y = b.where(b.logical_and(hi_wins, b.eq(clamped, hi)), hi, y)  # unless a NaN lo made it NaN
+    if tensor_lo:
+        lo_wins = b.lt(x, lo) if hi is None else b.logical_and(b.lt(x, lo), b.lt(lo, hi))
+        y = b.where(lo_wins, lo, y)
+    above = None if lo is None else b.ge(x, lo)
+    below = None if hi is None else b.le(x, hi)
+    inside = below if above is None else above if below is None else b.logical_and(above, below)
+    return b.where(inside, x, y)
 
 
 lowers(aten.clamp_max)(lambda b, out, x, hi: _clamp(b, out, x, None, hi))
@@ -253,3 +372,87 @@ for _op in (aten.zeros_like, aten.empty_like, aten.new_zeros, aten.new_empty):
 lowers(aten.ones_like, aten.new_ones)(_fill(lambda args: 1))
 lowers(aten.full_like)(_fill(lambda args: args[1]))
 lowers(aten.new_full)(_fill(lambda args: args[2]))
+
+
+# -- activations, with torch's derivatives at their kinks and without NaN in the branch a select
+#    discards (a select passes its zero cotangent to both branches, and 0 * inf is NaN) -------------
+
+
+def _softplus(b, x: Var, beta=1.0, threshold=20.0) -> Var:
+    """log1p(exp(beta x)) / beta, linear (x) where beta x > threshold, as torch.  The smooth branch
+    sees 0 where it is not taken, so its derivative stays finite there."""
+    scaled = x * beta
+    linear = b.gt(scaled, b.like(x, threshold))
+    safe = b.where(linear, b.like(x, 0), scaled)
+    return b.where(linear, x, b.log1p(b.exp(safe)) / beta)
+
+
+@lowers(aten.softplus)
+def _softplus_op(b, out, x, beta=1.0, threshold=20.0):
+    return _softplus(b, x, beta, threshold)
+
+
+@lowers(aten.mish)
+def _mish(b, out, x):
+    return x * b.tanh(_softplus(b, x))
+
+
+@lowers(aten.log_sigmoid_forward)
+def _log_sigmoid(b, out, x):
+    """min(x, 0) - log1p(exp(-|x|)) as two smooth branches (smooth second derivative at 0 too),
+    each fed 0 where it is not taken.  The buffer is unused by the derivative here: zeros."""
+    zero = b.like(x, 0)
+    negative = b.lt(x, zero)
+    below, above = b.where(negative, x, zero), b.where(negative, zero, x)
+    y = b.where(negative, below - b.log1p(b.exp(below)), -b.log1p(b.exp(-above)))
+    return y, b.full(0, out[1].dtype, out[1].shape)
+
+
+@lowers(aten.hardtanh)
+def _hardtanh(b, out, x, lo=-1.0, hi=1.0):
+    # No derivative at the bounds themselves; NaN passes through with derivative 1 (torch's).
+    return b.where(b.le(x, b.like(x, lo)), b.like(x, lo), b.where(b.ge(x, b.like(x, hi)), b.like(x, hi), x))
+
+
+@lowers(aten.hardsigmoid)
+def _hardsigmoid(b, out, x):
+    # Derivative 1/6 strictly inside (-3, 3), 0 elsewhere and at NaN.
+    inside = b.logical_and(b.gt(x, b.like(x, -3)), b.lt(x, b.like(x, 3)))
+    saturated = (_hardtanh(b, out, b.stop_gradient(x), -3.0, 3.0) + 3) / 6
+    return b.where(inside, (x + 3) / 6, saturated)
+
+
+@lowers(aten.hardswish)
+def _hardswish(b, out, x):
+    # 0 up to -3, x (x + 3) / 6 strictly inside, x from 3 on (and at NaN, derivative 1).
+    inside = b.logical_and(b.gt(x, b.like(x, -3)), b.lt(x, b.like(x, 3)))
+    xs = b.where(inside, x, b.like(x, 0))
+    outside = b.where(b.le(x, b.like(x, -3)), b.like(x, 0), x)
+    return b.where(inside, xs * (xs + 3) / 6, outside)
+
+
+@lowers(aten.softshrink)
+def _softshrink(b, out, x, lambd=0.5):
+    # 0 on [-lambd, lambd] (no derivative there), x -+ lambd outside (and NaN, derivative 1).
+    inside = b.logical_and(b.ge(x, b.like(x, -lambd)), b.le(x, b.like(x, lambd)))
+    return b.where(inside, b.like(x, 0), x - b.sign(x) * lambd)
+
+
+def _elu(b, x: Var, alpha, scale, input_scale) -> Var:
+    """scale * x above 0 (and at NaN), scale * alpha * expm1(input_scale * x) below.  At 0 torch
+    takes the first derivative from below and the second from above: a line of the lower slope."""
+    zero = b.like(x, 0)
+    below = b.where(b.lt(x, zero), x, zero)
+    curve = b.expm1(below * input_scale) * (scale * alpha)
+    line = x * (scale * alpha * input_scale)
+    return b.where(b.lt(x, zero), curve, b.where(b.eq(x, zero), line, x * scale))
+
+
+@lowers(aten.elu)
+def _elu_op(b, out, x, alpha=1.0, scale=1.0, input_scale=1.0):
+    return _elu(b, x, alpha, scale, input_scale)
+
+
+@lowers(aten.celu)
+def _celu(b, out, x, alpha=1.0):
+    return _elu(b, x, alpha, 1.0, 1.0 / alpha)

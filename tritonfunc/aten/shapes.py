@@ -164,3 +164,135 @@ def _gather(b, out, x, dim, idx, *, sparse_grad=False):
     full_shape = (*idx.shape, x.shape[dim])
     x_dims = tuple(rank if k == dim else k for k in range(rank))
     return _one_hot_pick(b, x, rank, idx, full_shape, x_dims, tuple(range(rank)))
+
+
+# -- flips, rolls, pads and diagonals: views (index rules), so they fuse with what reads them -------
+
+
+@lowers(aten.flip)
+def _flip(b, out, x, dims):
+    axes = tuple(sorted({d % len(x.shape) for d in dims})) if x.shape else ()
+    return b.rev(x, axes=axes) if axes else b.copy(x)
+
+
+@lowers(aten.roll)
+def _roll(b, out, x, shifts, dims=()):
+    shifts = [shifts] if isinstance(shifts, int) else list(shifts)
+    if not dims:  # over the flattened tensor
+        return b.reshape(_roll(b, None, b.reshape(x, (x.numel,)), shifts, (0,)), x.shape)
+    y = x
+    for shift, dim in zip(shifts, [dims] if isinstance(dims, int) else dims):
+        dim = dim % len(x.shape)
+        n = x.shape[dim]
+        s = shift % n if n else 0
+        if s:  # the last s elements, then the rest
+            y = b.concatenate(_slice(b, None, y, dim, n - s, n), _slice(b, None, y, dim, 0, n - s), axis=dim)
+    return y if y is not x else b.copy(x)
+
+
+def _pairs(x: Var, padding) -> list[tuple[int, int, int]]:
+    """torch's pad list (last axis first, (before, after) each) as (axis, before, after)."""
+    return [(len(x.shape) - 1 - i, padding[2 * i], padding[2 * i + 1]) for i in range(len(padding) // 2)]
+
+
+@lowers(aten.constant_pad_nd)
+def _constant_pad(b, out, x, pad, value=0):
+    for axis, before, after in _pairs(x, pad):  # negative padding crops
+        if before < 0 or after < 0:
+            x = _slice(b, None, x, axis, max(-before, 0), x.shape[axis] - max(-after, 0))
+    lo, hi = [0] * len(x.shape), [0] * len(x.shape)
+    for axis, before, after in _pairs(x, pad):
+        lo[axis], hi[axis] = max(before, 0), max(after, 0)
+    zeros = (0,) * len(x.shape)
+    padded = b.pad(x, lo=tuple(lo), hi=tuple(hi), interior=zeros)
+    if value == 0:
+        return padded
+    inside = b.pad(b.full(True, torch.bool, x.shape), lo=tuple(lo), hi=tuple(hi), interior=zeros)
+    return b.where(inside, padded, b.like(padded, value))
+
+
+def _edge_pad(mode: str):
+    """reflection_padNd / replication_padNd: each padded axis as a concatenation of views of x."""
+
+    def lower(b, out, x, padding):
+        y = x
+        for axis, before, after in _pairs(x, padding):
+            n = x.shape[axis]
+            if before < 0 or after < 0 or (mode == "reflect" and max(before, after) >= n):
+                raise NotImplementedError(f"tritonfunc: {mode} padding by {padding} of a size-{n} axis")
+            pieces = [_edge(b, y, axis, before, mode, first=True), y, _edge(b, y, axis, after, mode, first=False)]
+            pieces = [p for p in pieces if p is not None]
+            y = b.concatenate(*pieces, axis=axis) if len(pieces) > 1 else y
+        return y if y is not x else b.copy(x)
+
+    return lower
+
+
+def _edge(b, x: Var, axis: int, width: int, mode: str, first: bool) -> Var | None:
+    """The `width` elements that pad one end of `axis`: mirrored (reflect) or repeated (replicate)."""
+    if width == 0:
+        return None
+    n = x.shape[axis]
+    if mode == "reflect":  # x[width:0:-1] before, x[n-2:n-2-width:-1] after
+        start = 1 if first else n - 1 - width
+        return b.rev(_slice(b, None, x, axis, start, start + width), axes=(axis,))
+    edge = _slice(b, None, x, axis, 0 if first else n - 1, 1 if first else n)
+    shape = tuple(width if d == axis else s for d, s in enumerate(x.shape))
+    return b.broadcast_in_dim(edge, shape=shape, dims=tuple(range(len(shape))))
+
+
+for _op in (aten.reflection_pad1d, aten.reflection_pad2d, aten.reflection_pad3d):
+    lowers(_op)(_edge_pad("reflect"))
+for _op in (aten.replication_pad1d, aten.replication_pad2d, aten.replication_pad3d):
+    lowers(_op)(_edge_pad("replicate"))
+
+
+def _diagonal_layout(n1: int, n2: int, offset: int) -> tuple[int, int, int]:
+    """(first flat position, step, length) of a diagonal in an n1 x n2 row-major matrix."""
+    length = max(0, min(n1, n2 - offset) if offset >= 0 else min(n1 + offset, n2))
+    return (offset if offset >= 0 else -offset * n2), n2 + 1, length
+
+
+@lowers(aten.diagonal, view=True)
+def _diagonal(b, out, x, offset=0, dim1=0, dim2=1):
+    """The diagonal as a strided slice of the matrix axes flattened (moved last first)."""
+    dim1, dim2 = dim1 % len(x.shape), dim2 % len(x.shape)
+    rest = [d for d in range(len(x.shape)) if d not in (dim1, dim2)]
+    n1, n2 = x.shape[dim1], x.shape[dim2]
+    flat = b.reshape(b.transpose(x, rest + [dim1, dim2]), (*[x.shape[d] for d in rest], n1 * n2))
+    start, step, length = _diagonal_layout(n1, n2, offset)
+    if length == 0:
+        return b.full(0, x.dtype, (*flat.shape[:-1], 0))
+    return _slice(b, None, flat, len(rest), start, start + (length - 1) * step + 1, step)
+
+
+lowers(aten.diagonal_copy)(lambda b, out, *args, **kwargs: b.copy(_diagonal(b, out, *args, **kwargs)))
+
+
+@lowers(aten.diag_embed)
+def _diag_embed(b, out, x, offset=0, dim1=-2, dim2=-1):
+    """The last axis of x on a diagonal of two new axes: a pad (the adjoint of _diagonal's slice)."""
+    ndim = len(x.shape) + 1
+    dim1, dim2 = dim1 % ndim, dim2 % ndim
+    length = x.shape[-1]
+    n = length + abs(offset)
+    start, step, _ = _diagonal_layout(n, n, offset)
+    lo = (0,) * (len(x.shape) - 1) + (start,)
+    hi = (0,) * (len(x.shape) - 1) + (n * n - start - max(length - 1, 0) * step - min(length, 1),)
+    flat = b.pad(x, lo=lo, hi=hi, interior=(0,) * (len(x.shape) - 1) + (step - 1,))
+    matrix = b.reshape(flat, (*x.shape[:-1], n, n))
+    rest = iter(range(ndim - 2))
+    perm = [ndim - 2 if d == dim1 else ndim - 1 if d == dim2 else next(rest) for d in range(ndim)]
+    return b.transpose(matrix, perm)
+
+
+@lowers(aten.diag)
+def _diag(b, out, x, diagonal=0):
+    if len(x.shape) == 1:
+        return _diag_embed(b, out, x, diagonal, 0, 1)
+    return b.copy(_diagonal(b, out, x, diagonal))
+
+
+@lowers(aten.trace)
+def _trace(b, out, x):
+    return b.reduce_sum(_diagonal(b, None, x), axes=(0,))
