@@ -113,9 +113,6 @@ def test_layer_norm_of_an_overflowing_row_is_nan(backend):
     assert tritonfunc.jit(f)(torch.tensor([[1e200, -1e200, 0.0]], dtype=torch.float64)).isnan().all()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="F.pad traces to prims.copy_to, a torch call whose result is lost (fused-coverage: pad)"
-)
 def test_local_response_norm(backend):
     check_op(lambda x: F.local_response_norm(x, 3), make(2, 4, 5), vmap=False)
 

@@ -26,6 +26,8 @@ def lowers(*ops, view: bool = False):
 
     def register(fn):
         for op in ops:
+            if op in LOWERINGS:  # two families claiming one op: the later would win silently
+                raise RuntimeError(f"tritonfunc: {op} is lowered twice ({LOWERINGS[op].__module__}, {fn.__module__})")
             LOWERINGS[op] = fn
             if view:
                 VIEW_OPS.update([op] if not hasattr(op, "overloads") else [getattr(op, o) for o in op.overloads()])
