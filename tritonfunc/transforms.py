@@ -15,6 +15,9 @@ A symbolic zero is `None` throughout: zero tangents and cotangents cost nothing.
 
 from __future__ import annotations
 
+import torch
+
+from . import fallback
 from . import primitives as P
 from .graph import Builder, Graph, Node, Var
 from .primitives import Primitive, with_batch_axis
@@ -83,9 +86,10 @@ class _Copier:
         return outs
 
     def finish(self, outputs: list[Var]) -> Graph:
-        return Graph(
-            self.args + self.extra + self.consts, self.b.nodes, outputs, len(self.consts), list(self.graph.const_values)
-        )
+        g = self.graph
+        checks = [op.renamed(self.env) for op in g.checks]
+        inputs = self.args + self.extra + self.consts
+        return Graph(inputs, self.b.nodes, outputs, len(self.consts), list(g.const_values), checks)
 
 
 def _carries_derivative(node: Node, out: Var, forward: bool = False) -> bool:
@@ -167,9 +171,14 @@ def _random_error():
     )
 
 
-def vmap_graph(graph: Graph, batched: list[bool], size: int, randomness: str = "error") -> tuple[Graph, list[bool]]:
+def vmap_graph(
+    graph: Graph, batched: list[bool], size: int, randomness: str = "error", level: int = 1
+) -> tuple[Graph, list[bool]]:
     """Adds a leading batch axis of `size` to the arguments marked in `batched` and to everything
-    computed from them.  Returns the new graph and, per output, whether it is batched."""
+    computed from them.  Returns the new graph and, per output, whether it is batched.
+
+    In-place ops and random draws are then checked against torch.func's rules (`level`: this
+    vmap's nesting level, which torch.func's messages name)."""
     b = Builder()
     args = [Var((size, *v.shape) if bt else v.shape, v.dtype) for v, bt in zip(graph.arg_inputs, batched)]
     consts = [Var(v.shape, v.dtype) for v in graph.const_inputs]
@@ -206,6 +215,30 @@ def vmap_graph(graph: Graph, batched: list[bool], size: int, randomness: str = "
             for v, o in zip(node.outs, outs):
                 env[v] = o
                 is_batched[v] = now_batched
+    for op in graph.checks:
+        _check_batched_op(op, is_batched, size, randomness, level)
     outs = [env[v] for v in graph.outputs]
-    new = Graph(args + consts, b.nodes, outs, len(consts), list(graph.const_values))
+    checks = [op.renamed(env) for op in graph.checks]
+    new = Graph(args + consts, b.nodes, outs, len(consts), list(graph.const_values), checks)
     return new, [is_batched.get(v, False) for v in graph.outputs]
+
+
+def _check_batched_op(op, is_batched: dict[Var, bool], size: int, randomness: str, level: int) -> None:
+    """Raises torch.func's error where vmap refuses an in-place op or a random draw: a batched
+    value written into an unbatched tensor, "different" in-place randomness on an unbatched
+    tensor, "same" randomness with a batched argument.  torch.func itself gives the verdict and
+    its words, on stand-in tensors, once this graph's batching makes a refusal possible."""
+    tensors = op.vars
+    if not tensors:
+        return
+    self_batched = is_batched.get(tensors[0], False)
+    others_batched = any(is_batched.get(v, False) for v in tensors[1:])
+    random = torch.Tag.nondeterministic_seeded in op.func.tags
+    first = op.func._schema.arguments[0] if op.func._schema.arguments else None
+    writes_self = first is not None and first.alias_info is not None and first.alias_info.is_write
+    suspicious = writes_self and not self_batched and (others_batched or (random and randomness == "different"))
+    suspicious |= random and randomness == "same" and (others_batched or (self_batched and not writes_self))
+    if suspicious:
+        error = fallback.vmap_error(op.func, op.args, is_batched, size, randomness, level)
+        if error is not None:
+            raise error
