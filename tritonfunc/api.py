@@ -621,7 +621,7 @@ def _vmap_once(func, size, flat_in_dims, flat_args, args_spec, out_dims, randomn
             )
         if not is_batched:  # an output that does not depend on the batch is broadcast to it
             value = value.unsqueeze(0).expand(size, *value.shape)
-        flat_out.append(value.movedim(0, out_dim))
+        flat_out.append(value if out_dim == 0 else value.movedim(0, out_dim))
     return pytree.tree_unflatten(flat_out, out_spec)
 
 

@@ -179,15 +179,23 @@ def _floating_outputs(outs) -> tuple:
     return tuple(o for o in outs if o.is_floating_point() or o.is_complex())
 
 
+# Per opaque primitive: inputs its derivative rules leave alone.
+_NO_DERIVATIVE: dict[str, set[int]] = {}
+
+
 def _jvp_rule(prim, primals, tangents, outs, params):
-    wrt = tuple(i for i, t in enumerate(tangents) if t is not None)
+    skip = _NO_DERIVATIVE.get(prim.name, ())
+    wrt = tuple(i for i, t in enumerate(tangents) if t is not None and i not in skip)
+    if not wrt:
+        return [None] * len(outs)
     pushed = iter(jvp_prim(prim, wrt)(*primals, *[tangents[i] for i in wrt], **params))
     return [next(pushed) if _floating((o.shape, o.dtype)) else None for o in outs]
 
 
 def _vjp_rule(prim, primals, outs, cts, params):
     seeded = tuple(i for i, ct in enumerate(cts) if ct is not None)
-    wrt = tuple(i for i, x in enumerate(primals) if _floating((x.shape, x.dtype)))
+    skip = _NO_DERIVATIVE.get(prim.name, ())
+    wrt = tuple(i for i, x in enumerate(primals) if _floating((x.shape, x.dtype)) and i not in skip)
     if not seeded or not wrt:
         return [None] * len(primals)
     pulled = iter(vjp_prim(prim, wrt, seeded)(*primals, *[cts[i] for i in seeded], **params))
@@ -226,18 +234,47 @@ def aten_prim(func, seeded: bool = False, written: tuple[int, ...] = ()) -> Prim
 
     def shape_rule(*avals, call: Call):
         metas = [torch.empty(s, dtype=d, device="meta") for s, d in avals]
-        return [(tuple(x.shape), x.dtype) for x in run(metas, call)]
+        try:
+            outs = run(metas, call)
+        except NotImplementedError:  # no meta kernel (binomial): small real tensors tell the shapes
+            outs = run(_stand_ins(metas), call)
+        return [(tuple(x.shape), x.dtype) for x in outs]
 
     random = torch.Tag.nondeterministic_seeded in func.tags
     name = str(func) + ("[seeded]" if seeded else "") + (f"[writes {list(written)}]" if written else "")
-    return _opaque(name, fn, shape_rule, random=random)
+    prim = _opaque(name, fn, shape_rule, random=random)
+    if random:  # what a draw writes into (rrelu's noise) is an output only: no derivative flows into it
+        _NO_DERIVATIVE[prim.name] = {i + seeded for i in written}
+    return prim
+
+
+def _stand_ins(metas: list[torch.Tensor]) -> list[torch.Tensor]:
+    """CPU zeros for meta tensors, for the few ops without a meta kernel."""
+    return [torch.zeros(m.shape, dtype=m.dtype) for m in metas]
+
+
+def meta_result(func, args, kwargs):
+    """func's result on meta tensors (its shapes and dtypes), through real zeros on the CPU for an
+    op without a meta kernel (binomial), its random draws from a private generator state."""
+    try:
+        return func(*args, **kwargs)
+    except NotImplementedError:
+        real = lambda x: torch.zeros(x.shape, dtype=x.dtype) if isinstance(x, torch.Tensor) else x  # noqa: E731
+        with torch.random.fork_rng(devices=[]):
+            out = func(*pytree.tree_map(real, args), **pytree.tree_map(real, kwargs))
+        return pytree.tree_map(lambda x: x.to("meta") if isinstance(x, torch.Tensor) else x, out)
 
 
 def _seeded_call(func, seed: torch.Tensor, args, kwargs):
     """func with its random draws from a generator seeded by `seed`."""
-    if seed.device.type == "meta":
-        return func(*args, **kwargs)
-    if any(a.name == "generator" for a in func._schema.arguments):
+    names = {a.name for a in func._schema.arguments}
+    takes_generator = "generator" in names
+    if seed.device.type == "meta":  # shapes only: a factory makes meta tensors, and nothing is drawn
+        extra = {"generator": None} if takes_generator else {}
+        if "device" in names:
+            extra["device"] = "meta"
+        return func(*args, **{**kwargs, **extra})
+    if takes_generator:
         generator = torch.Generator(device=seed.device).manual_seed(int(seed))
         return func(*args, **kwargs, generator=generator)
     devices = [seed.device] if seed.device.type == "cuda" else []
@@ -303,10 +340,14 @@ def vmap_error(func, args, batched: dict, size: int, randomness: str, level: int
         a, k = pytree.tree_map(lambda x: next(it) if isinstance(x, Var) else x, (pos, kw))
         return func(*a, **k)
 
-    in_dims = tuple(0 if batched.get(v, False) else None for v in tensors)
+    # A leading placeholder carries the batch size, as in batch_prim: vmap needs one batched input.
+    in_dims = (0, *(0 if batched.get(v, False) else None for v in tensors))
     try:
         with torch.random.fork_rng(devices=[]):
-            torch.func.vmap(op, in_dims=in_dims, randomness=randomness)(*[stand_in(v) for v in tensors])
+            placeholder = torch.empty(size, 0)
+            torch.func.vmap(lambda _, *xs: op(*xs), in_dims=in_dims, randomness=randomness)(
+                placeholder, *[stand_in(v) for v in tensors]
+            )
     except Exception as e:  # noqa: BLE001  (whatever torch.func raises is the answer)
         message = str(e).replace("at level 1.", f"at level {level}.")
         return type(e)(message)

@@ -682,10 +682,10 @@ class _TracingMode(TorchDispatchMode):
             tensors = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
             if tensors and not in_dropout():  # vmap's randomness rules (dropout's noise is a draw of its own)
                 record_check(b, func, args, kwargs)
-        meta_kwargs = {k: v for k, v in kwargs.items() if k != "generator"}
+        meta_kwargs = {k: (None if k == "generator" else v) for k, v in kwargs.items()}
         if not any(isinstance(x, torch.Tensor) for x in pytree.tree_leaves(args)):  # a factory: shape only
             meta_kwargs["device"] = "meta"
-        out = func(*pytree.tree_map(_to_meta, args), **meta_kwargs)
+        out = fallback.meta_result(func, pytree.tree_map(_to_meta, args), meta_kwargs)
         vargs, vkwargs = _as_vars(b, (args, {k: v for k, v in kwargs.items() if k != "generator"}))
         vkwargs["generator"] = kwargs.get("generator")
         with b:

@@ -202,7 +202,7 @@ def vmap_graph(
                     ins = [ins[0]] + [with_batch_axis(v, f, size) for v, f in zip(ins[1:], flags[1:])]
                 outs = P.rand(*ins, **{**node.params, "shape": shape})
                 now_batched = randomness == "different"
-            elif any(flags) or node.prim.random:
+            elif any(flags) or (node.prim.random and randomness == "different"):  # "same": one draw
                 extra = {"randomness": randomness} if node.prim.random else {}
                 outs = node.prim.batch(ins, flags, size, **extra, **node.params)
                 now_batched = True
