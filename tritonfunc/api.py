@@ -424,14 +424,16 @@ def jvp(func: Callable, primals: Any, tangents: Any, *, strict: bool = False, ha
             )
     t, out_spec, n_out = _trace_forward(func, primals, has_aux, _JVP)
     graph, full_spec, n_fn = t.graph, t.out_spec, t.num_outputs
-    forward, independent = jvp_graph(graph, [True] * len(flat_primals))
+    # A tangent keeps its own dtype, as in torch: float64 tangents of float32 inputs give float64 ones.
+    tangent_dtypes = [t.dtype if t.is_floating_point() else p.dtype for p, t in zip(flat_primals, flat_tangents)]
+    forward, independent = jvp_graph(graph, [True] * len(flat_primals), tangent_dtypes)
     if strict and any(independent[:n_out]):
         raise RuntimeError(
             "jvp(f, primals, tangents, strict=True): The output of f is independent of the inputs. This is not "
             "allowed with strict=True."
         )
     n = len(graph.outputs)
-    tangents_in = [t if t.dtype == p.dtype else t.to(p.dtype) for p, t in zip(flat_primals, flat_tangents)]
+    tangents_in = [t if t.dtype == d else t.to(d) for t, d in zip(flat_tangents, tangent_dtypes)]
     results = run_graph(forward, flat_primals + tangents_in)
     primals_out = pytree.tree_unflatten(results[:n_out], out_spec)
     tangents_out = pytree.tree_unflatten(results[n : n + n_out], out_spec)

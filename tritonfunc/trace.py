@@ -686,6 +686,9 @@ class _TracingMode(TorchDispatchMode):
         if not any(isinstance(x, torch.Tensor) for x in pytree.tree_leaves(args)):  # a factory: shape only
             meta_kwargs["device"] = "meta"
         out = fallback.meta_result(func, pytree.tree_map(_to_meta, args), meta_kwargs)
+        for t in pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                _check_real_dtype(t, f"the result of {func}")
         vargs, vkwargs = _as_vars(b, (args, {k: v for k, v in kwargs.items() if k != "generator"}))
         vkwargs["generator"] = kwargs.get("generator")
         with b:

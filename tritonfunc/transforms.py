@@ -19,8 +19,8 @@ import torch
 
 from . import fallback
 from . import primitives as P
-from .graph import Builder, Graph, Node, Var
-from .primitives import Primitive, with_batch_axis
+from .graph import Builder, Graph, Node, Var, current_builder
+from .primitives import OPAQUE, Primitive, with_batch_axis
 
 
 def _differentiable(v: Var) -> bool:
@@ -40,6 +40,8 @@ def _as_list(x, n: int) -> list:
 
 def jvp_rule(prim: Primitive, primals: list[Var], tangents: list, outs: tuple[Var, ...], params) -> list:
     """The output tangents (None: zero) of one node, given its input tangents."""
+    if any(t is not None and t.dtype != x.dtype for t, x in zip(tangents, primals)):
+        return _mixed_jvp_rule(prim, primals, tangents, outs, params)
     if prim.jvp is not None:
         return _as_list(prim.jvp(primals, tangents, outs if prim.multiple_results else outs[0], **params), len(outs))
     (out,) = outs
@@ -52,6 +54,50 @@ def jvp_rule(prim: Primitive, primals: list[Var], tangents: list, outs: tuple[Va
         filled = [t if t is not None else P.like(x, 0) for t, x in zip(tangents, primals)]
         return [prim(*filled, **params)]
     raise NotImplementedError(f"tritonfunc: primitive {prim.name} has no forward-mode rule")
+
+
+def _widest(dtypes) -> torch.dtype:
+    dtypes = list(dtypes)
+    wide = dtypes[0]
+    for d in dtypes[1:]:
+        wide = torch.promote_types(wide, d)
+    return wide
+
+
+def _mixed_jvp_rule(prim: Primitive, primals: list[Var], tangents: list, outs: tuple[Var, ...], params) -> list:
+    """Tangents of another dtype than their primals (a float64 tangent for a float32 input), as
+    torch's forward AD computes them: each formula promotes.  A partial derivative is computed in the
+    primal's dtype, then multiplied in the wider one; a linear primitive runs in its tangents' dtype;
+    a custom rule runs on primals widened to the tangents' dtype (exact: widening is)."""
+    b = current_builder()
+    present = [t for t in tangents if t is not None]
+    if prim.deriv is not None:
+        partials = prim.deriv(outs[0], *primals, **params)
+        terms = [(t, d) for t, d in zip(tangents, partials) if t is not None and d is not None]
+        wide = _widest([t.dtype for t, _ in terms] + [d.dtype for _, d in terms]) if terms else None
+        return [_sum([b.cast(t, wide) * b.cast(d, wide) for t, d in terms])]
+    if prim.transpose is not None:
+        wide = _widest(t.dtype for t in present)
+        if prim is P.add and None in tangents:
+            return [present[0]]
+        filled = [b.cast(t, wide) if t is not None else b.full(0, wide, x.shape) for t, x in zip(tangents, primals)]
+        return [prim(*filled, **params)]
+    if prim.strategy == OPAQUE:
+        raise NotImplementedError(
+            f"tritonfunc: jvp through {prim.name} with tangents of another dtype than their primals is not supported"
+        )
+    wide = _widest([t.dtype for t in present] + [x.dtype for x in primals if x.dtype.is_floating_point])
+
+    def widen(v):
+        return b.cast(v, wide) if v is not None and v.dtype.is_floating_point else v
+
+    pushed = prim.jvp(
+        [widen(x) for x in primals],
+        [widen(t) for t in tangents],
+        tuple(widen(o) for o in outs) if prim.multiple_results else widen(outs[0]),
+        **params,
+    )
+    return _as_list(pushed, len(outs))
 
 
 def vjp_rule(prim: Primitive, primals: list[Var], outs: tuple[Var, ...], cts: list, params) -> list:
@@ -69,13 +115,15 @@ def vjp_rule(prim: Primitive, primals: list[Var], outs: tuple[Var, ...], cts: li
 
 
 class _Copier:
-    """A builder for the new graph, with the old graph's inputs and nodes copied into it."""
+    """A builder for the new graph, with the old graph's inputs and nodes copied into it, and extra
+    inputs shaped like `extra_inputs` (of `extra_dtypes`, default theirs)."""
 
-    def __init__(self, graph: Graph, extra_inputs: list[Var]):
+    def __init__(self, graph: Graph, extra_inputs: list[Var], extra_dtypes: list | None = None):
         self.b = Builder()
         self.args = [Var(v.shape, v.dtype) for v in graph.arg_inputs]
         self.consts = [Var(v.shape, v.dtype) for v in graph.const_inputs]
-        self.extra = [Var(v.shape, v.dtype) for v in extra_inputs]
+        extra_dtypes = extra_dtypes or [v.dtype for v in extra_inputs]
+        self.extra = [Var(v.shape, d) for v, d in zip(extra_inputs, extra_dtypes)]
         self.env: dict[Var, Var] = dict(zip(graph.inputs, self.args + self.consts))
         self.graph = graph
 
@@ -100,14 +148,15 @@ def _carries_derivative(node: Node, out: Var, forward: bool = False) -> bool:
     return not node.prim.nondiff and _differentiable(out)
 
 
-def jvp_graph(graph: Graph, wrt: list[bool]) -> tuple[Graph, list[bool]]:
-    """Adds one tangent input per argument marked in `wrt` and one tangent output per output.
+def jvp_graph(graph: Graph, wrt: list[bool], tangent_dtypes: list | None = None) -> tuple[Graph, list[bool]]:
+    """Adds one tangent input per argument marked in `wrt` (of `tangent_dtypes`, default the
+    argument's) and one tangent output per output.
 
     Returns the new graph and, per output, whether it is independent of the marked arguments
     (its tangent is then zeros; jvp's strict mode refuses it).
     """
     marked = [v for v, w in zip(graph.arg_inputs, wrt) if w]
-    c = _Copier(graph, marked)
+    c = _Copier(graph, marked, tangent_dtypes)
     tangent: dict[Var, Var] = {v: t for v, t in zip(marked, c.extra) if _differentiable(v)}
     with c.b:
         for node in graph.nodes:
