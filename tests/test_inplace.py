@@ -257,3 +257,26 @@ def test_in_place_errors_match_torch_func(case):
     before = _BUF.clone()
     assert_same_error(lambda: case(tritonfunc), lambda: case(torch.func))
     _BUF.copy_(before)
+
+
+def _batch_norm_case(m, kind):
+    """BatchNorm in train mode updates its running statistics in place: torch.func writes them into
+    the user's buffer dict, and the module keeps its own."""
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).double() for _ in range(3)]
+    x = torch.randn(5, 3, dtype=torch.float64)
+    call = lambda p, b, x: torch.func.functional_call(models[0], (p, b), (x,)).pow(2).sum()  # noqa: E731
+    if kind == "ensemble":
+        params, buffers = torch.func.stack_module_state(models)
+        params = {k: v.detach() for k, v in params.items()}
+        result = m.vmap(call, in_dims=(0, 0, None))(params, buffers, x)
+    else:
+        params, buffers = _state(models[0])
+        result = m.grad(call)(params, buffers, x)
+    assert models[0][1].num_batches_tracked == 0
+    return result, buffers
+
+
+@pytest.mark.parametrize("kind", ["grad", "ensemble"])
+def test_batch_norm_running_stats_written_back(backend, kind):
+    assert_same(_batch_norm_case(tritonfunc, kind), _batch_norm_case(torch.func, kind))

@@ -282,7 +282,7 @@ def _dispatch(func, args, kwargs):
         raise NotImplementedError(f"tritonfunc: {func} writes into its out= argument, which is not supported")
     lowering = lowering_for(func)
     if lowering is None and func not in TORCH_CALLS:
-        decomp = decomposition_table.get(func)
+        decomp = decomposition_table.get(func) or _aten_form(func)
         if decomp is not None:
             try:
                 result = decomp(*args, **kwargs)
@@ -314,6 +314,13 @@ def _dispatch(func, args, kwargs):
     else:
         _follow_views(func, args, result)
     return result
+
+
+def _aten_form(func):
+    """A prims op (left by torch's decompositions) as the ATen ops that implement it."""
+    if func.namespace == "prims" and getattr(func, "impl_aten", None) is not None:
+        return func.impl_aten
+    return None
 
 
 def _writes_self(func) -> bool:
