@@ -280,3 +280,30 @@ def _batch_norm_case(m, kind):
 @pytest.mark.parametrize("kind", ["grad", "ensemble"])
 def test_batch_norm_running_stats_written_back(backend, kind):
     assert_same(_batch_norm_case(tritonfunc, kind), _batch_norm_case(torch.func, kind))
+
+
+def test_aliasing_of_captured_tensors_tritonfunc_cannot_follow_is_refused(backend):
+    """A view made outside tritonfunc's tracing (here, of a captured tensor) does not follow writes to
+    its base inside the function: reading it afterwards would be stale, so it is refused."""
+    buf = torch.zeros(2, 3)
+    view = buf[0]
+
+    def f(x):
+        buf.add_(x)
+        return view * 2
+
+    with pytest.raises(NotImplementedError, match="tritonfunc: a captured tensor is read after"):
+        tritonfunc.jit(f)(torch.ones(2, 3))
+    assert_same(tritonfunc.jit(lambda x: (buf.add_(x), buf * 2)[1])(torch.ones(2, 3)), torch.full((2, 3), 2.0))
+
+
+def test_write_inside_a_nested_grad_to_a_tensor_an_outer_vmap_wrote(backend):
+    for m in (tritonfunc, torch.func):
+        buf = torch.zeros(3)
+
+        def f(x, buf=buf, m=m):
+            buf.add_(1)
+            return m.grad(lambda y: (buf.add_(1), (y * 2).sum())[1])(x)
+
+        e = pytest.raises(RuntimeError, m.vmap(f), torch.ones(2, 3))
+        assert "would mutate a captured Tensor" in str(e.value)

@@ -155,7 +155,7 @@ class Tracer(torch.Tensor):
         if func in _DROPOUTS:  # its noise is a fresh draw, not an in-place fill (vmap's randomness rules)
             with dropout_scope():
                 return _call(func, args, kwargs)
-        if func in _RRELUS and any(t.api == "vmap" for t in trace_stack()) and _rrelu_training(func, args, kwargs):
+        if func in _RRELUS and any(t.api == "vmap" for t in trace_stack()):  # even in eval mode
             raise RuntimeError("vmap: we do not yet support aten::rrelu. Please file an issue")
         # x[t] with a 0-d integer tensor t: torch would read t on the host (.item()); index with
         # t as a one-element tensor instead (a gather) and drop that axis.
@@ -224,11 +224,6 @@ _DROPOUTS = {
 _RRELUS = {F.rrelu, F.rrelu_, torch.rrelu, torch.rrelu_}
 
 
-def _rrelu_training(func, args, kwargs) -> bool:
-    training = kwargs.get("training", args[3] if len(args) > 3 else func in (torch.rrelu, torch.rrelu_))
-    return bool(training)
-
-
 def _innermost_builder(args, kwargs) -> TraceBuilder:
     builders = [a._builder for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, Tracer)]
     b = max(builders, key=lambda b: b.level)
@@ -262,6 +257,8 @@ def _as_vars(b: TraceBuilder, tree):
             if id(x) in b.captured:
                 return b.captured[id(x)]._var
             _check_real_dtype(x, "a captured tensor")
+            if b.captured:
+                _check_not_stale(b, x)
             return b.const(x)
         return x
 
@@ -391,22 +388,65 @@ def _captured_error(func) -> RuntimeError:
 def _target(b: TraceBuilder, func, x: torch.Tensor) -> Tracer:
     """The tracer of `b` an in-place op writes to.  A tensor from outside the trace (a closure, a
     module buffer, an enclosing trace's tracer) gets one that stands for it from now on, and its
-    new value is written back after the run; inside grad/vjp/jvp that is torch.func's error.  A
-    real tensor the function made itself (torch.tensor(...)) gets one too, with no write-back."""
-    if id(x) in b.captured:
-        return b.captured[id(x)]
-    local = not isinstance(x, Tracer) and _is_local(x)
-    # Captured by a grad/vjp/jvp trace deeper than the one it belongs to: torch.func refuses it.
-    home = b.level if isinstance(x, Tracer) and x._builder is b else -1
-    if not local and any(t.api in GRAD_APIS and t.level > home for t in trace_stack()):
+    new value is written back after the run; a real tensor the function made itself
+    (torch.tensor(...)) gets one too, with no write-back.  Writing a tensor captured by a
+    grad/vjp/jvp trace is torch.func's error."""
+    t = _stand_in(b, x)
+    origin = t._storage.origin
+    if isinstance(origin, Tracer):  # an enclosing trace's tensor
+        home = origin._builder.level
+    elif origin is None or isinstance(origin, int):  # this trace's own
+        home = b.level
+    else:  # from outside every trace
+        home = -1
+    if any(s.api in GRAD_APIS and s.level > home for s in trace_stack()):
         raise _captured_error(func)
+    return t
+
+
+def _stand_in(b: TraceBuilder, x: torch.Tensor) -> Tracer:
     if isinstance(x, Tracer) and x._builder is b:
         return x
+    if id(x) in b.captured:
+        return b.captured[id(x)]
     _check_real_dtype(x, "a captured tensor")
+    for other in b.captured.values():
+        if _memory(other._storage.origin) is not None and _memory(other._storage.origin) == _memory(x):
+            raise NotImplementedError(
+                "tritonfunc: two tensors sharing the memory of a captured tensor are written in place; "
+                "tritonfunc cannot follow that aliasing (clone one of them, or pass the tensor as an argument)"
+            )
+    local = _is_local(x)
     var = b.const(x)
     t = Tracer(b, var, _Storage(var, origin=None if local else x))
     b.captured[id(x)] = t
     return t
+
+
+def _memory(x) -> Any:
+    """What identifies the memory a captured tensor lives in (None when unknown)."""
+    if x is None or isinstance(x, int):
+        return None
+    if isinstance(x, Tracer):
+        return x._storage
+    try:
+        return (x.device, x.untyped_storage().data_ptr())
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+def _check_not_stale(b: TraceBuilder, x: torch.Tensor) -> None:
+    """A captured tensor read after another one sharing its memory (a view of it, its base) was
+    written: its constant would hold the old values."""
+    memory = _memory(x)
+    if memory is None:
+        return
+    for t in b.captured.values():
+        if t._storage.version > 0 and _memory(t._storage.origin) == memory:
+            raise NotImplementedError(
+                "tritonfunc: a captured tensor is read after an in-place update through another tensor sharing "
+                "its memory; tritonfunc cannot follow that aliasing (clone it, or pass it as an argument)"
+            )
 
 
 def _check_leaf(target: Tracer) -> None:
@@ -658,6 +698,10 @@ class _TracingMode(TorchDispatchMode):
         if any(isinstance(x, Tracer) for x in leaves):
             return func(*args, **kwargs)
         b = trace_stack()[-1]
+        if b.captured:
+            for x in leaves:
+                if isinstance(x, torch.Tensor) and id(x) not in b.captured:
+                    _check_not_stale(b, x)
         if any(isinstance(x, torch.Tensor) and id(x) in b.captured for x in leaves):
             # a captured tensor written earlier in this trace: its reads see the new value
             args, kwargs = pytree.tree_map(
