@@ -288,3 +288,17 @@ def test_in_place_draw_into_a_batched_input_is_written_back(interpreter):
     x = torch.zeros(B, 5)
     tritonfunc.vmap(lambda a: a.normal_(), randomness="same")(x)
     assert len(_rows(x)) == 1 and x.std() > 0
+
+
+def test_jacobians_through_draws(backend):
+    """jacrev's vmap over vjp_fn replays the forward's draws (no randomness flag needed, as in
+    torch.func); jacfwd and an outer vmap draw anew under their randomness flags."""
+    x = torch.linspace(1, 2, 6, dtype=torch.float64)
+    j = tritonfunc.jacrev(lambda a: F.dropout(a, 0.5))(x)
+    assert torch.equal(j, torch.diag(j.diagonal())) and set(j.diagonal().tolist()) <= {0.0, 2.0}
+    j = tritonfunc.jacfwd(lambda a: F.dropout(a, 0.5), randomness="same")(x)
+    assert torch.equal(j, torch.diag(j.diagonal())) and set(j.diagonal().tolist()) <= {0.0, 2.0}
+    rows = tritonfunc.vmap(tritonfunc.jacrev(lambda a: a * torch.rand_like(a)), randomness="different")(x.expand(4, 6))
+    assert rows.shape == (4, 6, 6) and len(_rows(rows)) == 4
+    check = lambda m: m.jacfwd(lambda a: F.dropout(a, 0.5))(x)  # noqa: E731  (error mode)
+    assert_same_error(lambda: check(tritonfunc), lambda: check(torch.func))

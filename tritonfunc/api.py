@@ -15,7 +15,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from . import fallback, runtime
-from .graph import Graph, bind_consts
+from .graph import Graph, Seed, bind_consts
 from .schedule import KernelStep
 from .trace import TENSOR, Traced, Tracer, inline, innermost_builder, trace, trace_stack
 from .transforms import RANDOMNESS, jvp_graph, vjp_graph, vmap_graph
@@ -46,9 +46,11 @@ def run_graph(graph: Graph, args: list[torch.Tensor], consts: list | None = None
 def _call_consts(graph: Graph, tensors: list) -> list:
     """One call's constants, for the graphs derived from one trace that run separately (a forward
     and its vjp_fn): seeds drawn once, so they share their random draws.  Inside an enclosing
-    trace they stay seeds of it (drawn when it runs)."""
-    if innermost_builder(tensors + _tensor_leaves(graph.const_values)) is not None:
-        return list(graph.const_values)
+    trace they become seed inputs of it (drawn when it runs), held as its tracers: a vjp_fn later
+    called inside a deeper transform replays those draws instead of drawing anew."""
+    b = innermost_builder(tensors + _tensor_leaves(graph.const_values))
+    if b is not None:
+        return [Tracer(b, b.seed(c)) if isinstance(c, Seed) else c for c in graph.const_values]
     return bind_consts(graph.const_values, _device_of(_tensor_leaves((tensors, graph.const_values))))
 
 
@@ -638,9 +640,15 @@ def vmap(
     """Maps `func` over a batch axis of its inputs; the batch becomes part of every kernel's grid.
 
     chunk_size splits the batch into ceil(B / chunk_size) runs (one launch each where the function
-    fuses into one kernel), bounding the memory of intermediates.  Random operators draw from
-    Triton's Philox generator seeded from torch's: torch.manual_seed makes runs repeatable, but the
-    streams differ from torch's.
+    fuses into one kernel), bounding the memory of intermediates.
+
+    randomness follows torch.func: "error" refuses random ops, "same" draws once for the whole
+    batch (and refuses batched arguments to a draw), "different" draws each example independently
+    (and refuses in-place draws into unbatched tensors); with chunk_size, "same" restores torch's
+    generator state before each chunk.  Elementwise draws use Triton's Philox generator, the rest
+    torch's kernels, seeded from torch's generator (or the one passed) each time the function
+    runs: torch.manual_seed makes runs repeatable, but the values differ from torch's.
+    In-place updates of the arguments are written back to the caller's tensors, as in torch.func.
     """
     if randomness not in RANDOMNESS:
         raise RuntimeError(f"Only allowed values for randomness are 'error', 'different', or 'same'. Got {randomness}")

@@ -19,7 +19,7 @@ import torch
 
 from . import fallback
 from . import primitives as P
-from .graph import Builder, Graph, Node, Var, current_builder
+from .graph import Builder, Graph, Node, Seed, Var, current_builder
 from .primitives import OPAQUE, Primitive, with_batch_axis
 
 
@@ -233,14 +233,18 @@ def vmap_graph(
     consts = [Var(v.shape, v.dtype) for v in graph.const_inputs]
     env: dict[Var, Var] = dict(zip(graph.inputs, args + consts))
     is_batched: dict[Var, bool] = {v: bt for v, bt in zip(graph.arg_inputs, batched)}
+    # A draw is this function's own when its seed is a seed input (drawn when the graph runs).  One
+    # seeded by a fixed value (a vjp_fn replaying its forward's draws) is a function of its inputs.
+    seeds = {v for v, c in zip(graph.const_inputs, graph.const_values) if isinstance(c, Seed)}
     with b:
         for node in graph.nodes:
             ins = [env[v] for v in node.inputs]
             flags = [is_batched.get(v, False) for v in node.inputs]
             start = len(b.nodes)
-            if node.prim.random and randomness == "error":
+            fresh = node.prim.random and bool(node.inputs) and node.inputs[0] in seeds
+            if fresh and randomness == "error":
                 raise _random_error()
-            if node.prim is P.rand:
+            if node.prim is P.rand and fresh:
                 if randomness == "same" and any(flags):
                     raise RuntimeError(
                         "Vmap does not currently support same randomness with a batched tensor input. Please file "
@@ -251,8 +255,11 @@ def vmap_graph(
                     ins = [ins[0]] + [with_batch_axis(v, f, size) for v, f in zip(ins[1:], flags[1:])]
                 outs = P.rand(*ins, **{**node.params, "shape": shape})
                 now_batched = randomness == "different"
-            elif any(flags) or (node.prim.random and randomness == "different"):  # "same": one draw
-                extra = {"randomness": randomness} if node.prim.random else {}
+            elif node.prim is P.rand:  # the same values for every example: they ignore the data input
+                outs = P.rand(ins[0], **node.params)
+                now_batched = False
+            elif any(flags) or (fresh and randomness == "different"):  # "same": one draw
+                extra = {"randomness": randomness if fresh else "same"} if node.prim.random else {}
                 outs = node.prim.batch(ins, flags, size, **extra, **node.params)
                 now_batched = True
             else:
