@@ -307,3 +307,17 @@ def test_write_inside_a_nested_grad_to_a_tensor_an_outer_vmap_wrote(backend):
 
         e = pytest.raises(RuntimeError, m.vmap(f), torch.ones(2, 3))
         assert "would mutate a captured Tensor" in str(e.value)
+
+
+def test_an_argument_written_while_aliased_by_another_is_refused(backend):
+    x = torch.zeros(3)
+    with pytest.raises(NotImplementedError, match="shares memory with another argument"):
+        tritonfunc.jit(lambda a, b: (a.add_(1), b * 2)[1])(x, x)
+    y = torch.zeros(2, 6)
+    with pytest.raises(NotImplementedError, match="shares memory with another argument"):
+        tritonfunc.vmap(lambda a, b: a.add_(b), in_dims=(0, 0))(y[:, :4], y[:, 2:])
+    assert x.eq(0).all() and y.eq(0).all()  # refused before anything was written
+    # Two halves of one buffer do not overlap: nothing to refuse.
+    y = torch.zeros(2, 6)
+    tritonfunc.vmap(lambda a, b: a.add_(b + 1), in_dims=(0, 0))(y[:, :3], y[:, 3:])
+    assert_same(y, torch.tensor([[1.0] * 3 + [0.0] * 3] * 2))

@@ -17,7 +17,7 @@ from torch.utils import _pytree as pytree
 from . import fallback, runtime
 from .graph import Graph, Seed, bind_consts
 from .schedule import KernelStep
-from .trace import TENSOR, Traced, Tracer, inline, innermost_builder, trace, trace_stack
+from .trace import TENSOR, Traced, Tracer, inline, innermost_builder, memory_overlaps, trace, trace_stack
 from .transforms import RANDOMNESS, jvp_graph, vjp_graph, vmap_graph
 
 # ---------------------------------------------------------------------------------------------
@@ -71,6 +71,7 @@ def _write_back(traced: Traced, inputs: list[torch.Tensor], values: list, replay
     captured tensor itself), then replays in-place metadata changes (x.t_()) on them.  Inside an
     enclosing trace the copy is an in-place op of that trace.  `replay(position, op, args, kwargs)`
     replaces the metadata replay (vmap's is per example)."""
+    _check_unaliased(traced, inputs)
     values = iter(values)
     for w in traced.writes:
         target = inputs[w.target] if isinstance(w.target, int) else w.target
@@ -83,6 +84,18 @@ def _write_back(traced: Traced, inputs: list[torch.Tensor], values: list, replay
                 replay(w.target, op, step.args, step.kwargs)
             else:
                 op(target, *step.args, **step.kwargs)
+
+
+def _check_unaliased(traced: Traced, inputs: list[torch.Tensor]) -> None:
+    """The trace saw each argument as its own tensor: one written in place must not share memory
+    with another (f(x, x)), whose reads would not have seen the write."""
+    for w in traced.writes:
+        if isinstance(w.target, int):
+            if any(j != w.target and memory_overlaps(inputs[w.target], t) for j, t in enumerate(inputs)):
+                raise NotImplementedError(
+                    "tritonfunc: an argument written in place shares memory with another argument; tritonfunc "
+                    "traces them as separate tensors (pass a clone)"
+                )
 
 
 def _copy_into(target: torch.Tensor, value: torch.Tensor) -> None:

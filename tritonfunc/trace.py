@@ -410,8 +410,9 @@ def _stand_in(b: TraceBuilder, x: torch.Tensor) -> Tracer:
     if id(x) in b.captured:
         return b.captured[id(x)]
     _check_real_dtype(x, "a captured tensor")
+    memory = tensor_memory(x)
     for other in b.captured.values():
-        if _memory(other._storage.origin) is not None and _memory(other._storage.origin) == _memory(x):
+        if memory is not None and tensor_memory(other._storage.origin) == memory:
             raise NotImplementedError(
                 "tritonfunc: two tensors sharing the memory of a captured tensor are written in place; "
                 "tritonfunc cannot follow that aliasing (clone one of them, or pass the tensor as an argument)"
@@ -423,7 +424,7 @@ def _stand_in(b: TraceBuilder, x: torch.Tensor) -> Tracer:
     return t
 
 
-def _memory(x) -> Any:
+def tensor_memory(x) -> Any:
     """What identifies the memory a captured tensor lives in (None when unknown)."""
     if x is None or isinstance(x, int):
         return None
@@ -435,14 +436,33 @@ def _memory(x) -> Any:
         return None
 
 
+def memory_overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors may share elements: tracers of one storage, or real tensors whose spans
+    in one storage intersect."""
+    if isinstance(a, Tracer) or isinstance(b, Tracer):
+        return isinstance(a, Tracer) and isinstance(b, Tracer) and a._storage is b._storage
+    if tensor_memory(a) is None or tensor_memory(a) != tensor_memory(b):
+        return False
+
+    def offsets(t):  # the byte offset of every element in its storage
+        out = torch.zeros((), dtype=torch.int64)
+        for n, stride in zip(t.shape, t.stride()):
+            out = (out[..., None] + torch.arange(n) * stride).flatten()
+        return (out * t.element_size() + t.data_ptr()).flatten()
+
+    if a.numel() == 0 or b.numel() == 0:
+        return False
+    return bool(torch.isin(offsets(a), offsets(b)).any())
+
+
 def _check_not_stale(b: TraceBuilder, x: torch.Tensor) -> None:
     """A captured tensor read after another one sharing its memory (a view of it, its base) was
     written: its constant would hold the old values."""
-    memory = _memory(x)
+    memory = tensor_memory(x)
     if memory is None:
         return
     for t in b.captured.values():
-        if t._storage.version > 0 and _memory(t._storage.origin) == memory:
+        if t._storage.version > 0 and tensor_memory(t._storage.origin) == memory:
             raise NotImplementedError(
                 "tritonfunc: a captured tensor is read after an in-place update through another tensor sharing "
                 "its memory; tritonfunc cannot follow that aliasing (clone it, or pass it as an argument)"
