@@ -656,6 +656,8 @@ def _metadata_inplace(b: TraceBuilder, func, target: Tracer, args, kwargs) -> Tr
     if view is None or lowering_for(view) is None:
         raise NotImplementedError(f"tritonfunc: in-place operator {func} is not supported")
     _check_leaf(target)
+    if not isinstance(target._storage.origin, (int, type(None))):
+        raise NotImplementedError(f"tritonfunc: {func} on a captured tensor is not supported (pass it as an argument)")
     old = target._var
     step = ViewStep(view, tuple(args[1:]), dict(kwargs), None, not torch.is_grad_enabled())
     new = _replay(b, old, (step,))
