@@ -22,8 +22,7 @@ from tritonfunc.trace import trace
 
 def opaque_ops(f, *args) -> list[str]:
     """The ops of f's traced graph that run as torch calls."""
-    graph, _, _ = trace(f, args, {})
-    return [n.prim.name for n in graph.nodes if n.prim.strategy == OPAQUE]
+    return [n.prim.name for n in trace(f, args, {}).graph.nodes if n.prim.strategy == OPAQUE]
 
 
 def batch_of(x: torch.Tensor) -> torch.Tensor:

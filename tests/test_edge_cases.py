@@ -50,17 +50,19 @@ def test_norm_derivative_at_zero_is_zero_not_nan(backend):
     assert_same(tritonfunc.jvp(lambda a: a.norm(), (z,), (t,)), torch.func.jvp(lambda a: a.norm(), (z,), (t,)))
 
 
-def test_in_place_update_of_a_detached_intermediate_is_refused():
-    """d = y.detach() shares y's storage in torch, so d.add_(1) changes y: tracing cannot follow."""
+def test_in_place_update_through_a_detached_alias():
+    """d = y.detach() shares y's storage: d.add_(1) changes y's value but not its derivative."""
 
     def f(x):
         y = x * 2
         d = y.detach()
         d.add_(1)
-        return y
+        return (y * y).sum()
 
-    with pytest.raises(NotImplementedError, match="in-place operator aten.add_"):
-        tritonfunc.jit(f)(X)
+    assert_same(tritonfunc.jit(f)(X), f(X))
+    assert_same(tritonfunc.grad_and_value(f)(X), torch.func.grad_and_value(f)(X))
+    t = torch.ones_like(X)
+    assert_same(tritonfunc.jvp(f, (X,), (t,)), torch.func.jvp(f, (X,), (t,)))
 
 
 def test_results_never_alias_inputs_or_each_other(backend):
@@ -105,3 +107,48 @@ def test_jacobian_of_complex_input_raises_like_torch_func(mode):
     x = torch.randn(3).to(torch.complex128)
     with pytest.raises(RuntimeError, match=f"{mode}: Expected all inputs to be real"):
         getattr(tritonfunc, mode)(lambda x: x)(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dtypes torch.func treats in its own way.
+
+MIXED_TANGENTS = {
+    "sin": torch.sin,
+    "scale": lambda x: x * 2,
+    "sum": lambda x: x.sum(),
+    "softmax": lambda x: x.softmax(0),
+    "where": lambda x: torch.where(x > 0, x, x * x),
+    "to_half": lambda x: x.to(torch.float16),
+    "two_outputs": lambda x: (x.exp() * x, x.sum()),
+}
+
+
+@pytest.mark.parametrize("f", list(MIXED_TANGENTS.values()), ids=list(MIXED_TANGENTS))
+@pytest.mark.parametrize("tangent_dtype", [torch.float64, torch.float16])
+def test_jvp_tangent_of_another_dtype_follows_torch_func(backend, f, tangent_dtype):
+    """A float64 tangent of a float32 input gives float64 tangents, as torch's forward AD does (a
+    float16 one promotes with float32 partials).  Values agree to float32 rounding: the partials are
+    float32 values either way, multiplied in another order."""
+    x = X.float()
+    t = torch.linspace(-1, 1, 5, dtype=tangent_dtype)
+    assert_same(tritonfunc.jvp(f, (x,), (t,)), torch.func.jvp(f, (x,), (t,)), rtol=1e-6, atol=1e-6)
+
+
+COMPLEX = {
+    "input": (lambda x: x * 2, torch.ones(2, dtype=torch.complex64)),
+    "captured": (lambda x: (x == _C).double(), torch.ones(2)),
+    "cast": (lambda x: x.to(torch.complex128), torch.ones(2)),
+    "factory": (lambda x: x + torch.zeros(2, dtype=torch.complex64), torch.ones(2)),
+    "draw": (lambda x: x + torch.randn(2, dtype=torch.complex64).real, torch.ones(2)),
+    "view_as_complex": (lambda x: torch.view_as_complex(x) * 2, torch.ones(2, 2)),
+}
+_C = torch.ones(2, dtype=torch.complex64)
+
+
+@pytest.mark.parametrize("f, x", list(COMPLEX.values()), ids=list(COMPLEX))
+def test_complex_values_are_refused_with_their_dtype(backend, f, x):
+    """Silently dropping the imaginary part would be a wrong value: refused on every backend."""
+    with pytest.raises(NotImplementedError, match=r"tritonfunc: complex tensors are not supported .*complex"):
+        tritonfunc.jit(f)(x)
+    with pytest.raises(NotImplementedError, match="tritonfunc: complex"):
+        tritonfunc.vmap(f)(x[None].expand(3, *x.shape))

@@ -167,14 +167,10 @@ def test_batch_norm_module_in_eval(backend):
     torch.testing.assert_close(got, want)
 
 
-IN_PLACE = "needs in-place write-back (random-inplace branch)"
-
-
 def _train_stats(T, x, mean, var):
     return T.grad(lambda x, m, v: F.batch_norm(x, m, v, training=True, momentum=0.3).square().sum())(x, mean, var)
 
 
-@pytest.mark.xfail(strict=True, reason=IN_PLACE)
 def test_batch_norm_train_updates_running_stats_passed_as_arguments():
     """torch.func writes the updated running statistics back into the tensors passed in."""
     mean, var = MEAN.clone(), VAR.clone()
@@ -185,7 +181,6 @@ def test_batch_norm_train_updates_running_stats_passed_as_arguments():
     torch.testing.assert_close((mean, var), (want_mean, want_var))
 
 
-@pytest.mark.xfail(strict=True, reason=IN_PLACE)
 def test_batch_norm_train_updates_captured_running_stats():
     mean, var = MEAN.clone(), VAR.clone()
     got = tritonfunc.grad(lambda x: F.batch_norm(x, mean, var, training=True).square().sum())(XB)
@@ -195,7 +190,6 @@ def test_batch_norm_train_updates_captured_running_stats():
     torch.testing.assert_close((mean, var), (want_mean, want_var))
 
 
-@pytest.mark.xfail(strict=True, reason=IN_PLACE)
 def test_batch_norm_module_in_train_writes_buffers_back_through_functional_call():
     bn = torch.nn.BatchNorm2d(3).double()
     state = {k: v.clone() for k, v in bn.state_dict().items()}
@@ -206,16 +200,7 @@ def test_batch_norm_module_in_train_writes_buffers_back_through_functional_call(
     torch.testing.assert_close(state, want_state)
 
 
-@pytest.mark.xfail(strict=True, reason=IN_PLACE)
 def test_vmap_batch_norm_with_unbatched_running_stats_raises_torchs_error():
     mean, var = MEAN.clone(), VAR.clone()
     f = lambda x: F.batch_norm(x, mean, var, training=True)  # noqa: E731
     assert_same_error(lambda: tritonfunc.vmap(f)(XB.unsqueeze(1)), lambda: torch.func.vmap(f)(XB.unsqueeze(1)))
-
-
-def test_batch_norm_train_with_running_stats_raises_until_write_back_exists():
-    """Until in-place write-back lands, the update of the running statistics is refused, loudly."""
-    mean, var = MEAN.clone(), VAR.clone()
-    with pytest.raises(NotImplementedError, match="tritonfunc: in-place operator aten.copy_"):
-        tritonfunc.jit(lambda x: F.batch_norm(x, mean, var, training=True))(XB)
-    torch.testing.assert_close((mean, var), (MEAN, VAR))

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-from . import runtime
-from .graph import Graph
+from . import fallback, runtime
+from .graph import Graph, Seed, bind_consts
 from .schedule import KernelStep
-from .trace import TENSOR, inline, innermost_builder, trace
+from .trace import TENSOR, Traced, Tracer, inline, innermost_builder, memory_overlaps, trace, trace_stack
 from .transforms import RANDOMNESS, jvp_graph, vjp_graph, vmap_graph
 
 # ---------------------------------------------------------------------------------------------
@@ -32,18 +32,94 @@ def _device_of(tensors: list[torch.Tensor]) -> torch.device:
     return tensors[0].device if tensors else torch.device("cpu")
 
 
-def run_graph(graph: Graph, args: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Runs `graph` on tensors (its constants appended), or records it into an enclosing trace."""
-    inputs = list(args) + list(graph.const_values)
-    b = innermost_builder(inputs)
+def run_graph(graph: Graph, args: list[torch.Tensor], consts: list | None = None) -> list[torch.Tensor]:
+    """Runs `graph` on tensors, or records it into an enclosing trace.  `consts` are the values of
+    its constants for this run (default: the graph's own, seeds drawn now)."""
+    consts = list(graph.const_values) if consts is None else consts
+    b = innermost_builder(list(args) + consts)
     if b is not None:
-        return inline(b, graph, inputs)
-    return runtime.execute(graph, inputs, _device_of(inputs))
+        return inline(b, graph, list(args) + consts)
+    device = _device_of(_tensor_leaves((args, consts)))
+    return runtime.execute(graph, list(args) + bind_consts(consts, device), device)
+
+
+def _call_consts(graph: Graph, tensors: list) -> list:
+    """One call's constants, for the graphs derived from one trace that run separately (a forward
+    and its vjp_fn): seeds drawn once, so they share their random draws.  Inside an enclosing
+    trace they become seed inputs of it (drawn when it runs), held as its tracers: a vjp_fn later
+    called inside a deeper transform replays those draws instead of drawing anew."""
+    b = innermost_builder(tensors + _tensor_leaves(graph.const_values))
+    if b is not None:
+        return [Tracer(b, b.seed(c)) if isinstance(c, Seed) else c for c in graph.const_values]
+    return bind_consts(graph.const_values, _device_of(_tensor_leaves((tensors, graph.const_values))))
 
 
 def _outputs_only(graph: Graph, start: int, stop: int | None = None) -> Graph:
     """The same graph keeping outputs[start:stop]; the scheduler drops what they do not need."""
-    return Graph(graph.inputs, graph.nodes, graph.outputs[start:stop], graph.num_consts, graph.const_values)
+    return Graph(
+        graph.inputs, graph.nodes, graph.outputs[start:stop], graph.num_consts, graph.const_values, graph.checks
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing back what the function changed in place.
+
+
+def _write_back(traced: Traced, inputs: list[torch.Tensor], values: list, replay=None) -> None:
+    """Copies the new values of the tensors the traced function wrote (`values`, in the order of
+    `traced.writes`) into the caller's tensors (`inputs`, the trace's tensor arguments, or the
+    captured tensor itself), then replays in-place metadata changes (x.t_()) on them.  Inside an
+    enclosing trace the copy is an in-place op of that trace.  `replay(position, op, args, kwargs)`
+    replaces the metadata replay (vmap's is per example)."""
+    _check_unaliased(traced, inputs)
+    values = iter(values)
+    for w in traced.writes:
+        target = inputs[w.target] if isinstance(w.target, int) else w.target
+        if w.changed:
+            _copy_into(target, next(values))
+        for step in w.metadata:
+            name = step.func.overloadpacket.__name__ + "_"
+            op = getattr(getattr(torch.ops.aten, name), step.func._overloadname)
+            if replay is not None and isinstance(w.target, int):
+                replay(w.target, op, step.args, step.kwargs)
+            else:
+                op(target, *step.args, **step.kwargs)
+
+
+def _check_unaliased(traced: Traced, inputs: list[torch.Tensor]) -> None:
+    """The trace saw each argument as its own tensor: one written in place must not share memory
+    with another (f(x, x)), whose reads would not have seen the write."""
+    for w in traced.writes:
+        if isinstance(w.target, int):
+            if any(j != w.target and memory_overlaps(inputs[w.target], t) for j, t in enumerate(inputs)):
+                raise NotImplementedError(
+                    "tritonfunc: an argument written in place shares memory with another argument; tritonfunc "
+                    "traces them as separate tensors (pass a clone)"
+                )
+
+
+def _copy_into(target: torch.Tensor, value: torch.Tensor) -> None:
+    if isinstance(target, Tracer) or isinstance(value, Tracer):
+        target.copy_(value)
+    else:
+        with torch.no_grad():
+            target.copy_(value)
+
+
+def _snapshot(traced: Traced, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The arguments as they were before the call wrote into them, for a later backward or
+    tangent run (vjp_fn, linearize's jvp_fn) that recomputes the forward."""
+    written = {w.target for w in traced.writes if w.changed and isinstance(w.target, int)}
+    return [t.clone() if i in written and not isinstance(t, Tracer) else t for i, t in enumerate(tensors)]
+
+
+def _alias_inputs(traced: Traced, outs: list, tensors: list[torch.Tensor]) -> list:
+    """`return x.add_(1)` returns x itself, as in torch."""
+    outs = list(outs)
+    for k, i in traced.returns_input.items():
+        if not any(w.metadata for w in traced.writes if w.target == i):
+            outs[k] = tensors[i]
+    return outs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,9 +136,12 @@ def jit(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         tensors = _tensor_leaves((args, kwargs))
-        graph, out_spec, statics = trace(fn, args, kwargs, device=_device_of(tensors))
-        outs = iter(run_graph(graph, tensors))
-        return pytree.tree_unflatten([next(outs) if s is TENSOR else s for s in statics], out_spec)
+        traced = trace(fn, args, kwargs, device=_device_of(tensors))
+        results = run_graph(traced.graph, tensors)
+        n = traced.num_outputs
+        _write_back(traced, tensors, results[n:])
+        outs = iter(_alias_inputs(traced, results[:n], tensors))
+        return pytree.tree_unflatten([next(outs) if s is TENSOR else s for s in traced.statics], traced.out_spec)
 
     return wrapper
 
@@ -73,8 +152,9 @@ def explain(fn: Callable) -> Callable[..., str]:
 
     def explained(*args, **kwargs) -> str:
         tensors = _tensor_leaves((args, kwargs))
-        graph, _, _ = trace(fn, args, kwargs, device=_device_of(tensors))
-        program = runtime.program_for(graph, tensors + graph.const_values)
+        device = _device_of(tensors)
+        graph = trace(fn, args, kwargs, device=device).graph
+        program = runtime.program_for(graph, tensors + bind_consts(graph.const_values, device, placeholder_seeds=True))
         kernels = len(program.kernel_steps)
         parts = [
             "# graph",
@@ -212,13 +292,17 @@ def _vjp(func: Callable, primals: tuple, has_aux: bool, compute_output: bool):
         return (out, aux) if has_aux else out
 
     tensors = _tensor_leaves(primals)
-    graph, full_spec, _ = trace(traced, primals, {}, device=_device_of(tensors))
+    t = trace(traced, primals, {}, device=_device_of(tensors), api="vjp", diff=[True] * len(tensors))
+    graph, full_spec, n_fn = t.graph, t.out_spec, t.num_outputs
     out_spec, n_out = spec_box["out"], spec_box["n_out"]
-    if compute_output or has_aux or innermost_builder(tensors + graph.const_values) is not None:
-        results = run_graph(graph, tensors)
+    consts = _call_consts(graph, tensors)
+    if compute_output or has_aux or t.writes or innermost_builder(tensors + consts) is not None:
+        results = run_graph(graph, tensors, consts)
     else:
         device = _device_of(tensors)
         results = [torch.empty(v.shape, dtype=v.dtype, device=device) for v in graph.outputs]
+    saved = _snapshot(t, tensors)
+    _write_back(t, tensors, results[n_fn:])
     primals_out = pytree.tree_unflatten(results[:n_out], out_spec)
     backward = vjp_graph(graph, [True] * len(tensors), ct_for=[True] * n_out + [False] * (len(results) - n_out))
     backward = _outputs_only(backward, len(graph.outputs))
@@ -241,11 +325,11 @@ def _vjp(func: Callable, primals: tuple, has_aux: bool, compute_output: bool):
                     f"of {torch.Size(shape)}."
                 )
             cts.append(ct if ct.dtype == dtype else ct.to(dtype))
-        grads = iter(run_graph(backward, tensors + cts))
+        grads = iter(run_graph(backward, saved + cts, consts))
         return tuple(pytree.tree_unflatten([next(grads) for _ in range(s.num_leaves)], s) for s in primal_specs)
 
     if has_aux:
-        return primals_out, vjp_fn, pytree.tree_unflatten(results[n_out:], _child_spec(full_spec, 1))
+        return primals_out, vjp_fn, pytree.tree_unflatten(results[n_out:n_fn], _child_spec(full_spec, 1))
     return primals_out, vjp_fn
 
 
@@ -270,15 +354,17 @@ def _grad_transform(func: Callable, argnums, has_aux: bool, with_value: bool) ->
             return (out, aux)
 
         tensors = _tensor_leaves((args, kwargs))
-        graph, out_spec, _ = trace(traced, args, kwargs, device=_device_of(tensors))
         wrt = _arg_leaf_mask(args, kwargs, set(_as_tuple(selected)))
+        t = trace(traced, args, kwargs, device=_device_of(tensors), api="grad", diff=wrt)
+        graph, out_spec, n_fn = t.graph, t.out_spec, t.num_outputs
         n = len(graph.outputs)
         backward = vjp_graph(graph, wrt, ct_for=["ones"] + [False] * (n - 1))
         # grad alone never computes the value: the backward kernels recompute what they need.
         keep = 0 if with_value else 1
         results = run_graph(_outputs_only(backward, keep), tensors)
         value = results[0] if with_value else None
-        aux_leaves, grads = results[1 - keep : n - keep], iter(results[n - keep :])
+        aux_leaves, grads = results[1 - keep : n_fn - keep], iter(results[n - keep :])
+        _write_back(t, tensors, results[n_fn - keep : n - keep])
         # Cotangents come in argument order; the result follows argnums' order.
         per_arg = {i: [next(grads) for _ in _tensor_leaves(args[i])] for i in sorted(_as_tuple(selected))}
         grad = tuple(pytree.tree_unflatten(per_arg[i], pytree.tree_flatten(args[i])[1]) for i in _as_tuple(selected))
@@ -326,8 +412,8 @@ def _trace_forward(func: Callable, primals: tuple, has_aux: bool, api: str):
         return (out, aux) if has_aux else out
 
     tensors = _tensor_leaves(primals)
-    graph, full_spec, _ = trace(traced, primals, {}, device=_device_of(tensors))
-    return graph, full_spec, spec_box["out"], spec_box["n_out"]
+    t = trace(traced, primals, {}, device=_device_of(tensors), api="jvp")
+    return t, spec_box["out"], spec_box["n_out"]
 
 
 def jvp(func: Callable, primals: Any, tangents: Any, *, strict: bool = False, has_aux: bool = False):
@@ -351,20 +437,29 @@ def jvp(func: Callable, primals: Any, tangents: Any, *, strict: bool = False, ha
                 f"this is not supported. Tensor is of size {list(p.shape)} while the given forward gradient is of "
                 f"size {list(t.shape)}."
             )
-    graph, full_spec, out_spec, n_out = _trace_forward(func, primals, has_aux, _JVP)
-    forward, independent = jvp_graph(graph, [True] * len(flat_primals))
+    t, out_spec, n_out = _trace_forward(func, primals, has_aux, _JVP)
+    graph, full_spec, n_fn = t.graph, t.out_spec, t.num_outputs
+    # A tangent keeps its own dtype, as in torch: float64 tangents of float32 inputs give float64 ones.
+    tangent_dtypes = [t.dtype if t.is_floating_point() else p.dtype for p, t in zip(flat_primals, flat_tangents)]
+    forward, independent = jvp_graph(graph, [True] * len(flat_primals), tangent_dtypes)
     if strict and any(independent[:n_out]):
         raise RuntimeError(
             "jvp(f, primals, tangents, strict=True): The output of f is independent of the inputs. This is not "
             "allowed with strict=True."
         )
     n = len(graph.outputs)
-    tangents_in = [t if t.dtype == p.dtype else t.to(p.dtype) for p, t in zip(flat_primals, flat_tangents)]
-    results = run_graph(_outputs_only(forward, 0, n + n_out), flat_primals + tangents_in)
+    tangents_in = [t if t.dtype == d else t.to(d) for t, d in zip(flat_tangents, tangent_dtypes)]
+    results = run_graph(forward, flat_primals + tangents_in)
     primals_out = pytree.tree_unflatten(results[:n_out], out_spec)
     tangents_out = pytree.tree_unflatten(results[n : n + n_out], out_spec)
+    # A written input's tangent is written into the caller's tangent, as torch's forward AD does.
+    _write_back(t, flat_primals, results[n_fn:n])
+    tangent_writes = [w for w in t.writes if w.changed]
+    for w, new in zip(tangent_writes, results[n + n_fn :]):
+        if isinstance(w.target, int):
+            _copy_into(flat_tangents[w.target], new)
     if has_aux:
-        return primals_out, tangents_out, pytree.tree_unflatten(results[n_out:n], _child_spec(full_spec, 1))
+        return primals_out, tangents_out, pytree.tree_unflatten(results[n_out:n_fn], _child_spec(full_spec, 1))
     return primals_out, tangents_out
 
 
@@ -372,10 +467,15 @@ def linearize(func: Callable, *primals) -> tuple[Any, Callable]:
     """Returns (func(*primals), jvp_fn) where jvp_fn(*tangents) is the JVP at primals."""
     _check_tensor_leaves(primals)
     flat_primals, primals_argspec = pytree.tree_flatten(primals)
-    graph, _, out_spec, n_out = _trace_forward(func, primals, False, "linearize(f, *primals)")
-    output = pytree.tree_unflatten(run_graph(graph, flat_primals), out_spec)
+    t, out_spec, n_out = _trace_forward(func, primals, False, "linearize(f, *primals)")
+    graph, n = t.graph, len(t.graph.outputs)
+    consts = _call_consts(graph, flat_primals)
+    results = run_graph(graph, flat_primals, consts)
+    saved = _snapshot(t, flat_primals)
+    _write_back(t, flat_primals, results[n_out:])
+    output = pytree.tree_unflatten(results[:n_out], out_spec)
     forward, _ = jvp_graph(graph, [True] * len(flat_primals))
-    tangent_graph = _outputs_only(forward, n_out)
+    tangent_graph = _outputs_only(forward, n, n + n_out)
 
     def jvp_fn(*tangents):
         flat_tangents, tangent_argspec = pytree.tree_flatten(tangents)
@@ -390,7 +490,7 @@ def linearize(func: Callable, *primals) -> tuple[Any, Callable]:
                         f"tangent:{idx} with {what} {getattr(t, what)} in flattened pytree doesn't match the "
                         f"{what} {getattr(p, what)} of the corresponding primal."
                     )
-        return pytree.tree_unflatten(run_graph(tangent_graph, flat_primals + flat_tangents), out_spec)
+        return pytree.tree_unflatten(run_graph(tangent_graph, saved + flat_tangents, consts), out_spec)
 
     return output, jvp_fn
 
@@ -501,14 +601,28 @@ def _vmap_once(func, size, flat_in_dims, flat_args, args_spec, out_dims, randomn
                 moved.append(a)
         else:
             examples.append(torch.empty(a.shape[:d] + a.shape[d + 1 :], dtype=a.dtype, device="meta"))
-            moved.append(a.movedim(d, 0))
+            moved.append(a if d == 0 else a.movedim(d, 0))
     batched = [d is not None for a, d in zip(flat_args, flat_in_dims) if isinstance(a, torch.Tensor)]
     batched += [False] * len(_tensor_leaves(kwargs))
-    graph, out_spec, statics = trace(
-        func, pytree.tree_unflatten(examples, args_spec), kwargs, device=device, api="vmap"
-    )
-    batched_graph, out_batched = vmap_graph(graph, batched, size, randomness)
-    results = iter(zip(run_graph(batched_graph, moved + _tensor_leaves(kwargs)), out_batched))
+    t = trace(func, pytree.tree_unflatten(examples, args_spec), kwargs, device=device, api="vmap")
+    out_spec, statics, n_fn = t.out_spec, t.statics, t.num_outputs
+    level = len(trace_stack()) + 1  # torch.func counts every transform around this one
+    batched_graph, out_batched = vmap_graph(t.graph, batched, size, randomness, level)
+    inputs = moved + _tensor_leaves(kwargs)
+    values = run_graph(batched_graph, inputs)
+    for w, is_batched in zip([w for w in t.writes if w.changed], out_batched[n_fn:]):
+        if is_batched and isinstance(w.target, int) and not batched[w.target]:  # vmap_graph's checks prevent it
+            raise RuntimeError("tritonfunc: vmap would write a batched value into an unbatched tensor")
+    originals = [(a, d) for a, d in zip(flat_args, flat_in_dims) if isinstance(a, torch.Tensor)]
+
+    def replay(position, op, args, op_kwargs):  # an in-place metadata change, per example as torch.func does
+        tensor, in_dim = originals[position] if position < len(originals) else (inputs[position], None)
+        fallback.replay_batched(op, tensor, in_dim, args, op_kwargs)
+
+    _write_back(t, inputs, values[n_fn:], replay)
+    values = _alias_inputs(t, values[:n_fn], inputs)
+    out_batched = [batched[t.returns_input[k]] if k in t.returns_input else b for k, b in enumerate(out_batched)]
+    results = iter(zip(values, out_batched))
     flat_out = []
     for static, out_dim in zip(statics, _flat_out_dims(out_dims, out_spec, func)):
         value, is_batched = next(results) if static is TENSOR else (static, False)
@@ -524,7 +638,7 @@ def _vmap_once(func, size, flat_in_dims, flat_args, args_spec, out_dims, randomn
             )
         if not is_batched:  # an output that does not depend on the batch is broadcast to it
             value = value.unsqueeze(0).expand(size, *value.shape)
-        flat_out.append(value.movedim(0, out_dim))
+        flat_out.append(value if out_dim == 0 else value.movedim(0, out_dim))
     return pytree.tree_unflatten(flat_out, out_spec)
 
 
@@ -539,9 +653,15 @@ def vmap(
     """Maps `func` over a batch axis of its inputs; the batch becomes part of every kernel's grid.
 
     chunk_size splits the batch into ceil(B / chunk_size) runs (one launch each where the function
-    fuses into one kernel), bounding the memory of intermediates.  Random operators draw from
-    Triton's Philox generator seeded from torch's: torch.manual_seed makes runs repeatable, but the
-    streams differ from torch's.
+    fuses into one kernel), bounding the memory of intermediates.
+
+    randomness follows torch.func: "error" refuses random ops, "same" draws once for the whole
+    batch (and refuses batched arguments to a draw), "different" draws each example independently
+    (and refuses in-place draws into unbatched tensors); with chunk_size, "same" restores torch's
+    generator state before each chunk.  Elementwise draws use Triton's Philox generator, the rest
+    torch's kernels, seeded from torch's generator (or the one passed) each time the function
+    runs: torch.manual_seed makes runs repeatable, but the values differ from torch's.
+    In-place updates of the arguments are written back to the caller's tensors, as in torch.func.
     """
     if randomness not in RANDOMNESS:
         raise RuntimeError(f"Only allowed values for randomness are 'error', 'different', or 'same'. Got {randomness}")

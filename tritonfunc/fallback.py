@@ -179,15 +179,23 @@ def _floating_outputs(outs) -> tuple:
     return tuple(o for o in outs if o.is_floating_point() or o.is_complex())
 
 
+# Per opaque primitive: inputs its derivative rules leave alone.
+_NO_DERIVATIVE: dict[str, set[int]] = {}
+
+
 def _jvp_rule(prim, primals, tangents, outs, params):
-    wrt = tuple(i for i, t in enumerate(tangents) if t is not None)
+    skip = _NO_DERIVATIVE.get(prim.name, ())
+    wrt = tuple(i for i, t in enumerate(tangents) if t is not None and i not in skip)
+    if not wrt:
+        return [None] * len(outs)
     pushed = iter(jvp_prim(prim, wrt)(*primals, *[tangents[i] for i in wrt], **params))
     return [next(pushed) if _floating((o.shape, o.dtype)) else None for o in outs]
 
 
 def _vjp_rule(prim, primals, outs, cts, params):
     seeded = tuple(i for i, ct in enumerate(cts) if ct is not None)
-    wrt = tuple(i for i, x in enumerate(primals) if _floating((x.shape, x.dtype)))
+    skip = _NO_DERIVATIVE.get(prim.name, ())
+    wrt = tuple(i for i, x in enumerate(primals) if _floating((x.shape, x.dtype)) and i not in skip)
     if not seeded or not wrt:
         return [None] * len(primals)
     pulled = iter(vjp_prim(prim, wrt, seeded)(*primals, *[cts[i] for i in seeded], **params))
@@ -202,33 +210,104 @@ def _batch_rule(prim, xs, batched, size, randomness, params):
 # ATen ops as opaque nodes.
 
 
-def _meta(x):
-    if isinstance(x, torch.Tensor):
-        return torch.empty(x.shape, dtype=x.dtype, device="meta")
-    return x
+def aten_prim(func, seeded: bool = False, written: tuple[int, ...] = ()) -> Primitive:
+    """The opaque primitive running the ATen overload `func`; params: `call`, a `Call`.
 
+    `seeded`: a random op whose first input is a seed; it draws from a generator seeded with it,
+    so the op is a function of its inputs (repeatable, and torch.func's derivatives and batching
+    of it see the same draws).  `written`: the tensor inputs the op writes (an in-place op, rrelu's
+    noise); the call writes copies, whose values are extra outputs after the op's own.
+    """
 
-def aten_prim(func) -> Primitive:
-    """The opaque primitive running the ATen overload `func`; params: `call`, a `Call`."""
+    def run(tensors, call: Call):
+        seed = None
+        if seeded:
+            seed, tensors = tensors[0], tensors[1:]
+        tensors = [t.clone() if i in written else t for i, t in enumerate(tensors)]
+        args, kwargs = call.rebuild(tensors)
+        out = _seeded_call(func, seed, args, kwargs) if seeded else func(*args, **kwargs)
+        results = tuple(x for x, is_tensor in zip(pytree.tree_leaves(out), call.out_tensors) if is_tensor)
+        return results + tuple(tensors[i] for i in written)
 
     def fn(*tensors, call: Call):
-        args, kwargs = call.rebuild(tensors)
-        out = func(*args, **kwargs)
-        return tuple(x for x, is_tensor in zip(pytree.tree_leaves(out), call.out_tensors) if is_tensor)
+        return run(list(tensors), call)
 
     def shape_rule(*avals, call: Call):
         metas = [torch.empty(s, dtype=d, device="meta") for s, d in avals]
-        args, kwargs = call.rebuild(metas)
-        out = func(*args, **kwargs)
-        return [(tuple(x.shape), x.dtype) for x in pytree.tree_leaves(out) if isinstance(x, torch.Tensor)]
+        try:
+            outs = run(metas, call)
+        except NotImplementedError:  # no meta kernel (binomial): small real tensors tell the shapes
+            outs = run(_stand_ins(metas), call)
+        return [(tuple(x.shape), x.dtype) for x in outs]
 
     random = torch.Tag.nondeterministic_seeded in func.tags
-    return _opaque(str(func), fn, shape_rule, random=random)
+    name = str(func) + ("[seeded]" if seeded else "") + (f"[writes {list(written)}]" if written else "")
+    prim = _opaque(name, fn, shape_rule, random=random)
+    if random:  # what a draw writes into (rrelu's noise) is an output only: no derivative flows into it
+        _NO_DERIVATIVE[prim.name] = {i + seeded for i in written}
+    return prim
+
+
+def _stand_ins(metas: list[torch.Tensor]) -> list[torch.Tensor]:
+    """CPU zeros for meta tensors, for the few ops without a meta kernel."""
+    return [torch.zeros(m.shape, dtype=m.dtype) for m in metas]
+
+
+def meta_result(func, args, kwargs):
+    """func's result on meta tensors (its shapes and dtypes), through real zeros on the CPU for an
+    op without a meta kernel (binomial), its random draws from a private generator state."""
+    try:
+        return func(*args, **kwargs)
+    except NotImplementedError:
+        real = lambda x: torch.zeros(x.shape, dtype=x.dtype) if isinstance(x, torch.Tensor) else x  # noqa: E731
+        with torch.random.fork_rng(devices=[]):
+            out = func(*pytree.tree_map(real, args), **pytree.tree_map(real, kwargs))
+        return pytree.tree_map(lambda x: x.to("meta") if isinstance(x, torch.Tensor) else x, out)
+
+
+def _seeded_call(func, seed: torch.Tensor, args, kwargs):
+    """func with its random draws from a generator seeded by `seed`."""
+    names = {a.name for a in func._schema.arguments}
+    takes_generator = "generator" in names
+    if seed.device.type == "meta":  # shapes only: a factory makes meta tensors, and nothing is drawn
+        extra = {"generator": None} if takes_generator else {}
+        if "device" in names:
+            extra["device"] = "meta"
+        return func(*args, **{**kwargs, **extra})
+    if takes_generator:
+        generator = torch.Generator(device=seed.device).manual_seed(int(seed))
+        return func(*args, **kwargs, generator=generator)
+    devices = [seed.device] if seed.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        return func(*args, **kwargs)
+
+
+def _written_leaves(func, args, kwargs, leaves) -> tuple[int, ...]:
+    """Positions among the tensor leaves of (args, kwargs) of the arguments func writes."""
+    arguments = func._schema.arguments
+    bound = {a.name: v for a, v in zip(arguments, args)} | dict(kwargs)
+    tensors = [x for x in leaves if isinstance(x, Var)]
+    positions = []
+    for a in arguments:
+        if a.alias_info is not None and a.alias_info.is_write and isinstance(bound.get(a.name), Var):
+            positions.append(next(i for i, t in enumerate(tensors) if t is bound[a.name]))
+    return tuple(positions)
 
 
 def emit_aten(func, args, kwargs, out_meta):
+    """Records `func(*args, **kwargs)` (tensors already replaced by vars; an op that writes none of
+    its arguments) as an opaque node of the current builder; returns the result in the op's own
+    structure, with vars for tensors."""
+    result, written = emit_aten_call(func, args, kwargs, out_meta)
+    assert not written, f"{func} writes its arguments: use emit_aten_call"
+    return result
+
+
+def emit_aten_call(func, args, kwargs, out_meta, seed: Var | None = None):
     """Records `func(*args, **kwargs)` (tensors already replaced by vars) as an opaque node of the
-    current builder; returns the result in the op's own structure, with vars for tensors."""
+    current builder.  Returns the result in the op's own structure, with vars for tensors, and the
+    new values of the tensor arguments it writes, by their position among its tensor arguments."""
     leaves, spec = pytree.tree_flatten((args, kwargs))
     inputs = [x for x in leaves if isinstance(x, Var)]
     out_leaves, out_spec = pytree.tree_flatten(out_meta)
@@ -239,5 +318,54 @@ def emit_aten(func, args, kwargs, out_meta):
         out_spec,
         tuple(isinstance(x, torch.Tensor) for x in out_leaves),
     )
-    outs = iter(current_builder().emit(aten_prim(func), inputs, call=call))
-    return pytree.tree_unflatten([next(outs) if isinstance(x, torch.Tensor) else x for x in out_leaves], out_spec)
+    written = _written_leaves(func, args, kwargs, leaves)
+    prim = aten_prim(func, seeded=seed is not None, written=written)
+    outs = list(current_builder().emit(prim, ([seed] if seed is not None else []) + inputs, call=call))
+    new_values = dict(zip(written, outs[len(outs) - len(written) :]))
+    outs = iter(outs)
+    result = pytree.tree_unflatten([next(outs) if isinstance(x, torch.Tensor) else x for x in out_leaves], out_spec)
+    return result, new_values
+
+
+# ---------------------------------------------------------------------------------------------
+# vmap's rules for in-place ops and random draws, asked of torch.func itself.
+
+
+def vmap_error(func, args, batched: dict, size: int, randomness: str, level: int) -> Exception | None:
+    """The error torch.func's vmap raises for `func(*args)` (the (args, kwargs) pytree, tensors as
+    vars), with the vars in `batched` mapped over a batch of `size`, or None if it raises none.
+    Runs the op on small stand-in tensors (zeros; ones for floating point, a valid probability),
+    its random draws from a private generator state."""
+    (pos, kw), leaves = args, pytree.tree_leaves(args)
+    tensors = [x for x in leaves if isinstance(x, Var)]
+
+    def stand_in(v: Var) -> torch.Tensor:
+        shape = ((size,) if batched.get(v, False) else ()) + v.shape
+        return torch.ones(shape, dtype=v.dtype) if v.dtype.is_floating_point else torch.zeros(shape, dtype=v.dtype)
+
+    def op(*values):
+        it = iter(values)
+        a, k = pytree.tree_map(lambda x: next(it) if isinstance(x, Var) else x, (pos, kw))
+        return func(*a, **k)
+
+    # A leading placeholder carries the batch size, as in batch_prim: vmap needs one batched input.
+    in_dims = (0, *(0 if batched.get(v, False) else None for v in tensors))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            placeholder = torch.empty(size, 0)
+            torch.func.vmap(lambda _, *xs: op(*xs), in_dims=in_dims, randomness=randomness)(
+                placeholder, *[stand_in(v) for v in tensors]
+            )
+    except Exception as e:  # noqa: BLE001  (whatever torch.func raises is the answer)
+        message = str(e).replace("at level 1.", f"at level {level}.")
+        return type(e)(message)
+    return None
+
+
+def replay_batched(op, tensor: torch.Tensor, in_dim: int | None, args, kwargs) -> None:
+    """An in-place metadata op (x.t_(), x.unsqueeze_(0)) a vmapped function applied to its
+    argument, applied to the caller's tensor the way torch.func's vmap does."""
+    if in_dim is None:
+        op(tensor, *args, **kwargs)
+    else:
+        torch.func.vmap(lambda x: op(x, *args, **kwargs), in_dims=in_dim)(tensor)

@@ -6,6 +6,11 @@ arguments, then the captured constants), its nodes in a valid order, and its out
 from the user's Python program survives in it except constants (scalars in params, tensors as
 inputs) and, for ops run by torch, the op itself.
 
+Two kinds of constants: captured tensors, and seeds.  A seed (`Seed`) stands for a random draw
+from a torch generator made each time the graph runs (`bind_consts`), never at trace time, so a
+graph traced once and run many times draws fresh random numbers at each run, and
+`torch.manual_seed` makes runs repeatable.
+
 Rules are written with vars as if they were numbers: `cos(x) * x_dot`, `1 - out * out`.  The
 arithmetic goes to the *current builder* (one per thread, set with `with builder:`), which appends
 nodes to the graph under construction.
@@ -19,8 +24,42 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import _disable_current_modes
 
 _ids = itertools.count()
+
+
+class Seed:
+    """A constant input whose value is a fresh int64 seed drawn from `generator` (None: torch's
+    default generator) each time the graph runs.  Identity matters: each random op has its own."""
+
+    __slots__ = ("generator",)
+    shape, dtype = (), torch.int64
+
+    def __init__(self, generator: torch.Generator | None = None):
+        self.generator = generator
+
+    def __repr__(self) -> str:
+        return f"Seed({'default' if self.generator is None else self.generator.device})"
+
+    def draw(self, device: torch.device) -> torch.Tensor:
+        with _disable_current_modes():  # an enclosing trace's tracing mode must not catch this draw
+            where = self.generator.device if self.generator is not None else "cpu"
+            seed = torch.randint(0, 2**62, (), dtype=torch.int64, generator=self.generator, device=where)
+            return seed.to(device)
+
+
+def bind_consts(const_values: list, device: torch.device, placeholder_seeds: bool = False) -> list[torch.Tensor]:
+    """The constants of one run: captured tensors as they are, seeds drawn now, in order (so a
+    run's draws depend only on the generators' states).  `placeholder_seeds` gives zeros instead,
+    for inspecting a graph without consuming random numbers."""
+    return [
+        (torch.zeros((), dtype=torch.int64, device=device) if placeholder_seeds else c.draw(device))
+        if isinstance(c, Seed)
+        else c
+        for c in const_values
+    ]
 
 
 @dataclass(frozen=True)
@@ -131,13 +170,40 @@ class Node:
         return self.outs[0]
 
 
+@dataclass(frozen=True, eq=False)
+class OpCall:
+    """An in-place op or a random draw of a traced program: `func(*args)` with `args` the
+    (args, kwargs) pytree, tensors as the vars they held just before the op (self first).  Whether
+    vmap allows these depends on which arguments are batched (an unbatched tensor cannot take a
+    batched value; "same" randomness refuses batched arguments), so vmap_graph checks each one."""
+
+    func: Any  # the OpOverload
+    args: Any  # pytree of (args, kwargs) with Vars for tensors
+    # self was made by a factory "like" this var (zeros_like(x), x.new_empty(...)): under vmap it is
+    # batched when that var is, as torch.func's factories on a batched tensor are.
+    like: Var | None = None
+    # Tensor arguments (positions among `vars`) the op writes although its schema does not say so
+    # (batch norm's running statistics); empty: as the schema says.
+    writes: tuple[int, ...] = ()
+
+    def renamed(self, env: dict[Var, Var]) -> OpCall:
+        args = pytree.tree_map(lambda x: env[x] if isinstance(x, Var) else x, self.args)
+        return OpCall(self.func, args, None if self.like is None else env[self.like], self.writes)
+
+    @property
+    def vars(self) -> list[Var]:
+        return [x for x in pytree.tree_leaves(self.args) if isinstance(x, Var)]
+
+
 @dataclass(eq=False)
 class Graph:
     inputs: list[Var]  # traced arguments first, then captured constants
     nodes: list[Node]
     outputs: list[Var]
-    num_consts: int = 0  # how many of `inputs` (at the end) are captured constants
-    const_values: list[torch.Tensor] = field(default_factory=list)
+    num_consts: int = 0  # how many of `inputs` (at the end) are constants
+    const_values: list[torch.Tensor | Seed] = field(default_factory=list)
+    # The in-place ops and random draws of the traced program, for vmap's checks.
+    checks: list[OpCall] = field(default_factory=list)
 
     @property
     def arg_inputs(self) -> list[Var]:
@@ -148,10 +214,10 @@ class Graph:
         return self.inputs[len(self.inputs) - self.num_consts :]
 
     def with_nodes(self, nodes: list[Node], outputs: list[Var] | None = None) -> Graph:
-        """The same inputs and constants with other nodes (and outputs)."""
-        return Graph(
-            self.inputs, nodes, self.outputs if outputs is None else outputs, self.num_consts, self.const_values
-        )
+        """The same inputs and constants with other nodes (and outputs).  The vmap checks are not
+        kept: the passes that rewrite nodes run after the transforms."""
+        outputs = self.outputs if outputs is None else outputs
+        return Graph(self.inputs, nodes, outputs, self.num_consts, self.const_values)
 
     def producers(self) -> dict[Var, Node]:
         return {v: n for n in self.nodes for v in n.outs}
@@ -224,8 +290,9 @@ class Builder:
         self.track_grad_mode = track_grad_mode
         self.inputs: list[Var] = []
         self.nodes: list[Node] = []
-        self.const_vars: dict[int, Var] = {}  # id(tensor) -> var
-        self.const_values: list[torch.Tensor] = []
+        self.const_vars: dict[int, Var] = {}  # id(tensor or Seed) -> var
+        self.const_values: list[torch.Tensor | Seed] = []
+        self.checks: list[OpCall] = []
 
     def __enter__(self) -> Builder:
         if not hasattr(_local, "builders"):
@@ -261,9 +328,17 @@ class Builder:
             self.const_values.append(t)
         return self.const_vars[id(t)]
 
+    def seed(self, seed: Seed | None = None) -> Var:
+        """A seed input (an int64 scalar drawn at each run of the graph)."""
+        seed = seed if seed is not None else Seed()
+        v = Var((), torch.int64)
+        self.const_vars[id(seed)] = v
+        self.const_values.append(seed)
+        return v
+
     def graph(self, outputs: list[Var]) -> Graph:
         consts = [self.const_vars[id(t)] for t in self.const_values]
-        return Graph(self.inputs + consts, self.nodes, outputs, len(consts), list(self.const_values))
+        return Graph(self.inputs + consts, self.nodes, outputs, len(consts), list(self.const_values), list(self.checks))
 
     def __getattr__(self, name: str):
         prim = PRIMS.get(name)
@@ -336,7 +411,7 @@ def verify(graph: Graph, after: str = "") -> None:
         fail(f"{graph.num_consts} constant inputs but {len(graph.const_values)} values")
     for v, t in zip(graph.const_inputs, graph.const_values):
         if tuple(t.shape) != v.shape or t.dtype != v.dtype:
-            fail(f"constant {v} holds a {t.dtype} tensor of shape {tuple(t.shape)}")
+            fail(f"constant {v} holds a {t.dtype} value of shape {tuple(t.shape)}")
     for n in graph.nodes:
         for v in n.inputs:
             if v not in defined:
@@ -352,3 +427,7 @@ def verify(graph: Graph, after: str = "") -> None:
     for v in graph.outputs:
         if v not in defined:
             fail(f"output {v} is never defined")
+    for op in graph.checks:
+        for v in op.vars:
+            if v not in defined:
+                fail(f"the record of {op.func} names {v}, which is never defined")

@@ -8,6 +8,17 @@ every ATen result come from running the op on meta tensors, so broadcasting and 
 torch's own.  Tensors that are not tracers of this trace (closures, module parameters, tracers of
 an enclosing trace) become constant inputs of the graph, read at each call.
 
+In-place ops are functionalized as torch.func does.  Every traced tensor is a window on a
+`_Storage` (the value in the layout it was created with) through a chain of view ops; a write
+computes the op out of place, scatters the new value back through the writer's chain into the
+storage, and every other view of that storage re-derives its value when it is next read.  Writes
+to the function's inputs and to captured tensors become extra graph outputs, copied into the
+caller's tensors after the run (`Traced.writes`); metadata changes of inputs (`x.t_()`) are
+replayed on them.  An in-place op under `no_grad` changes the value but keeps the gradient path of
+the old value, as in torch (F.cosine_similarity clamps its norms so).  Mutating a captured tensor
+inside grad/vjp/jvp, or a differentiated input, raises torch.func's errors; vmap's rules for
+in-place ops on batched values are checked by vmap_graph from the recorded `OpCall` ops.
+
 Traces nest (a transform called inside another traces inside it) and are per thread.
 """
 
@@ -15,20 +26,24 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch._decomp.decompositions  # noqa: F401  (fills the decomposition table)
 import torch._refs  # noqa: F401
 import torch._refs.nn.functional  # noqa: F401
+import torch.nn.functional as F
 from torch._decomp import decomposition_table
 from torch.utils import _pytree as pytree
+from torch.utils._mode_utils import no_dispatch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import fallback
-from .aten import VIEW_OPS, Updates, aten, lowering_for
-from .aten.random import FACTORIES, lower_factory, lower_random
-from .graph import Builder, Graph, Var
-from .primitives import OPAQUE
+from . import primitives as P
+from .aten import Updates, aten, lowering_for
+from .aten.random import FACTORIES, check_params, dropout_scope, in_dropout, lower_factory, lower_random
+from .graph import Builder, Graph, OpCall, Seed, Var
 
 # Ops run by torch rather than decomposed: torch's kernels for them (cuDNN, sorting networks) beat
 # what a decomposition into fused primitives would make of them.
@@ -41,14 +56,20 @@ TORCH_CALLS = {
     aten.topk.default,
 }
 
+GRAD_APIS = ("grad", "vjp", "jvp")
+
 
 class TraceBuilder(Builder):
-    """The builder of one trace: its nesting level and the transform it serves."""
+    """The builder of one trace: its nesting level, the transform it serves ("vmap", one of
+    GRAD_APIS, or None for jit) and what in-place ops need: tensors captured and then written,
+    and real tensors the function made itself (mutating those is no write to the outside)."""
 
     def __init__(self, level: int, device: torch.device, api: str | None = None):
         super().__init__(device, track_grad_mode=True)
         self.level = level
-        self.api = api  # "vmap" picks torch.func's vmap error texts
+        self.api = api
+        self.captured: dict[int, Tracer] = {}  # id(captured tensor) -> the tracer standing for it
+        self.local: dict[int, torch.Tensor] = {}  # id -> real tensor made inside the function
 
 
 _local = threading.local()
@@ -60,16 +81,63 @@ def trace_stack() -> list[TraceBuilder]:
     return _local.stack
 
 
+# ---------------------------------------------------------------------------------------------
+# Storages and views.
+
+
+class _Storage:
+    """The memory behind a traced tensor and its views: the value in the layout the tensor was made
+    with, bumped `version` on every write, and where it came from (for write-backs)."""
+
+    __slots__ = ("var", "version", "origin", "diff", "like")
+
+    def __init__(self, var: Var, origin=None, diff: bool = False):
+        self.var = var
+        self.version = 0
+        self.origin = origin  # None, an input position, or the captured tensor it stands for
+        self.diff = diff  # an input being differentiated (torch: a leaf that requires grad)
+        self.like: Var | None = None  # made by zeros_like(x) and friends: x's var (vmap's checks)
+
+
+@dataclass(frozen=True)
+class ViewStep:
+    """One view op applied to a tensor: func(x, *args, **kwargs)[index]."""
+
+    func: Any
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+    index: int | None = None  # which result, for split/unbind
+    no_grad: bool = False  # made inside a no_grad block (no gradient flows through it)
+
+
 class Tracer(torch.Tensor):
     _builder: TraceBuilder
-    _var: Var
+    _storage: _Storage
+    _chain: tuple[ViewStep, ...]
 
     @staticmethod
-    def __new__(cls, builder: TraceBuilder, var: Var):
+    def __new__(cls, builder: TraceBuilder, var: Var, storage: _Storage | None = None, chain=()):
         t = torch.Tensor._make_wrapper_subclass(cls, var.shape, dtype=var.dtype, device=builder.device)
-        t._builder, t._var = builder, var
-        t._is_view = t._has_views = t._is_input = False
+        t._builder = builder
+        t._storage = storage if storage is not None else _Storage(var)
+        t._chain = tuple(chain)
+        t._cache = (t._storage.version, var)
+        t._lost = None  # (storage, version) for a view tritonfunc cannot follow
         return t
+
+    @property
+    def _var(self) -> Var:
+        """The current value: re-derived from the storage when a write has changed it."""
+        version, var = self._cache
+        if self._lost is not None and self._lost[0].version != self._lost[1]:
+            raise NotImplementedError(
+                "tritonfunc: a view whose base was changed in place is read afterwards, and tritonfunc cannot "
+                "follow this kind of view; clone it before the in-place op"
+            )
+        if version != self._storage.version:
+            var = _replay(self._builder, self._storage.var, self._chain)
+            self._cache = (self._storage.version, var)
+        return var
 
     def __repr__(self, *, tensor_contents=None) -> str:
         return f"Tracer({self._var.type_str})"
@@ -80,11 +148,16 @@ class Tracer(torch.Tensor):
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
         if func is torch.Tensor.__bool__:  # `if tensor:` -- Python control flow on a traced value
             _refuse_data_dependence(control_flow=True)
         if func is torch.Tensor.new_tensor:  # data from Python: a constant, like torch.tensor(data)
-            kwargs = kwargs or {}
             return torch.tensor(args[1], dtype=kwargs.get("dtype") or args[0].dtype, device=args[0].device)
+        if func in _DROPOUTS:  # its noise is a fresh draw, not an in-place fill (vmap's randomness rules)
+            with dropout_scope():
+                return _call(func, args, kwargs)
+        if func in _RRELUS and any(t.api == "vmap" for t in trace_stack()):  # even in eval mode
+            raise RuntimeError("vmap: we do not yet support aten::rrelu. Please file an issue")
         # x[t] with a 0-d integer tensor t: torch would read t on the host (.item()); index with
         # t as a one-element tensor instead (a gather) and drop that axis.
         if func is torch.Tensor.__getitem__ and len(args) == 2:
@@ -121,10 +194,35 @@ class Tracer(torch.Tensor):
                 if c.dim() == 1:
                     out = out.squeeze(-1)
                 return out
-        return super().__torch_function__(func, types, args, kwargs)
+        return _call(func, args, kwargs)
+
+
+def _call(func, args, kwargs):
+    """What Tensor.__torch_function__ does, without turning plain tensors in the result into
+    Tracers: an in-place op on a real tensor (torch.tensor(...).add_(x)) returns that tensor, whose
+    value inside the trace its stand-in tracer holds."""
+    with torch._C.DisableTorchFunctionSubclass():
+        return func(*args, **kwargs)
 
 
 _MATMULS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__}
+_DROPOUTS = {
+    F.dropout,
+    F.dropout1d,
+    F.dropout2d,
+    F.dropout3d,
+    F.alpha_dropout,
+    F.feature_alpha_dropout,
+    torch.dropout,
+    torch.feature_dropout,
+    torch.alpha_dropout,
+    torch.feature_alpha_dropout,
+    torch.dropout_,
+    torch.feature_dropout_,
+    torch.alpha_dropout_,
+    torch.feature_alpha_dropout_,
+}
+_RRELUS = {F.rrelu, F.rrelu_, torch.rrelu, torch.rrelu_}
 
 
 def _innermost_builder(args, kwargs) -> TraceBuilder:
@@ -144,13 +242,24 @@ def _to_meta(x):
     return x
 
 
+def _check_real_dtype(t: torch.Tensor | Var, what: str) -> None:
+    if t.dtype.is_complex:
+        raise NotImplementedError(f"tritonfunc: complex tensors are not supported ({what} has dtype {t.dtype})")
+
+
 def _as_vars(b: TraceBuilder, tree):
-    """Tracers of trace `b` as their vars, any other tensor as a constant of `b`."""
+    """Tracers of trace `b` as their vars, any other tensor as a constant of `b` (or, once the
+    function has written to it, the tracer standing for it)."""
 
     def as_var(x):
         if isinstance(x, Tracer) and x._builder is b:
             return x._var
         if isinstance(x, torch.Tensor):
+            if id(x) in b.captured:
+                return b.captured[id(x)]._var
+            _check_real_dtype(x, "a captured tensor")
+            if b.captured:
+                _check_not_stale(b, x)
             return b.const(x)
         return x
 
@@ -163,22 +272,33 @@ def _as_tracers(b: TraceBuilder, tree):
 
 def _dispatch(func, args, kwargs):
     b = _innermost_builder(args, kwargs)
-    name = func.overloadpacket.__name__
     if func in _DATA_DEPENDENT:
         _refuse_data_dependence(control_flow=func is not aten._local_scalar_dense.default)
-    lowering = lowering_for(func)
-    if lowering is None and name.endswith("_") and not name.startswith("_"):
+    if _writes_self(func):
         return _inplace(b, func, args, kwargs)
-    if lowering is None and func not in TORCH_CALLS and func in decomposition_table:
+    if _out_variant(func):
+        raise NotImplementedError(f"tritonfunc: {func} writes into its out= argument, which is not supported")
+    lowering = lowering_for(func)
+    decomposing = _decomposing()
+    decomp = None
+    if lowering is None and func not in TORCH_CALLS and func not in decomposing:
+        decomp = decomposition_table.get(func) or _aten_form(func)
+    if decomp is not None:
         # A decomposition is worth it only if it lowers entirely: if any piece of it would be a
         # torch call, the op the user wrote is the better torch call (and the name they know).
+        # (A prims op's ATen form can come back to the op being decomposed: then run it.)
         mark = len(b.nodes)
+        decomposing.add(func)
         try:
-            out = decomposition_table[func](*args, **kwargs)
-            if all(n.prim.strategy != OPAQUE for n in b.nodes[mark:]):
-                return out
+            result = decomp(*args, **kwargs)
         except NotImplementedError:
             pass
+        else:
+            if all(n.prim.strategy != P.OPAQUE for n in b.nodes[mark:]):
+                _follow_views(func, args, result)
+                return result
+        finally:
+            decomposing.discard(func)
         del b.nodes[mark:]
     meta_kwargs = pytree.tree_map(_to_meta, kwargs)
     if "device" in kwargs:  # x.to(dtype, device=x.device), as torch.softmax(x, dtype=...) calls it
@@ -190,42 +310,441 @@ def _dispatch(func, args, kwargs):
             f"tritonfunc: operator {func} is not supported: its output shape depends on tensor values, which a "
             f"traced graph cannot represent ({e})"
         ) from e
+    for t in pytree.tree_leaves(out_meta):
+        if isinstance(t, torch.Tensor):
+            _check_real_dtype(t, f"the result of {func}")
     vargs, vkwargs = _as_vars(b, (args, kwargs))
     with b:
         if lowering is not None:
             out = lowering(b, out_meta, *vargs, **vkwargs)
         else:
-            out = fallback.emit_aten(func, vargs, vkwargs, out_meta)
+            out, written = fallback.emit_aten_call(func, vargs, vkwargs, out_meta)
+            _write_results(b, func, args, kwargs, written)
     out, updates = (out.result, out.args) if isinstance(out, Updates) else (out, {})
     result = _as_tracers(b, out)
-    for i, new in updates.items():  # an op that updates arguments in place (batch norm's running stats)
-        args[i].copy_(Tracer(b, new))
-    if func in VIEW_OPS and isinstance(args[0], Tracer):
-        args[0]._has_views = True
-        for r in result if isinstance(result, (list, tuple)) else [result]:
-            r._is_view = True
+    if updates:
+        _write_updates(b, func, args, kwargs, updates)
+    if lowering is not None and getattr(func, "is_view", False) and isinstance(args[0], Tracer):
+        _make_views(b, func, args, kwargs, result)
+    else:
+        _follow_views(func, args, result)
+    return _mark_like(b, func, args, result)
+
+
+# Factories that make a tensor like their argument: under torch.func's vmap the result is batched
+# when the argument is (the documented way to avoid in-place errors on fresh tensors).
+_LIKE_FACTORIES = {
+    aten.zeros_like,
+    aten.ones_like,
+    aten.empty_like,
+    aten.full_like,
+    aten.rand_like,
+    aten.randn_like,
+    aten.randint_like,
+    aten.new_zeros,
+    aten.new_ones,
+    aten.new_empty,
+    aten.new_full,
+    aten.new_empty_strided,
+}
+
+
+def _mark_like(b: TraceBuilder, func, args, result):
+    if func.overloadpacket in _LIKE_FACTORIES and isinstance(result, Tracer) and isinstance(args[0], torch.Tensor):
+        result._storage.like = _as_vars(b, args[0])
     return result
 
 
+def _write_updates(b: TraceBuilder, func, args, kwargs, updates: dict) -> None:
+    """Writes the new values of arguments an op updates inside itself (batch norm's running
+    statistics).  torch.func allows that to captured tensors under grad too, since it happens inside
+    the op; vmap refuses an unbatched one next to batched inputs, which vmap_graph asks torch.func."""
+    tensor_args = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+    writes = tuple(tensor_args.index(i) for i in updates)
+    b.checks.append(OpCall(func, _as_vars(b, (tuple(args), dict(kwargs))), None, writes))
+    for i, new in updates.items():
+        target = _stand_in(b, args[i])
+        with b:
+            value = b.broadcast_to(b.cast(new, target.dtype), tuple(target.shape))
+        write(b, target, value)
+
+
+def _decomposing() -> set:
+    """The ops this thread is decomposing right now."""
+    if not hasattr(_local, "decomposing"):
+        _local.decomposing = set()
+    return _local.decomposing
+
+
+def _aten_form(func):
+    """A prims op (left by torch's decompositions) as the ATen ops that implement it."""
+    if func.namespace == "prims" and getattr(func, "impl_aten", None) is not None:
+        return func.impl_aten
+    return None
+
+
+def _writes_self(func) -> bool:
+    """An in-place op: writes its first argument (and only that)."""
+    arguments = func._schema.arguments
+    written = [a.name for a in arguments if a.alias_info is not None and a.alias_info.is_write]
+    return written == [arguments[0].name] and not arguments[0].kwarg_only
+
+
+def _out_variant(func) -> bool:
+    return any(a.kwarg_only and a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments)
+
+
+def _make_views(b: TraceBuilder, func, args, kwargs, result) -> None:
+    """Marks the results of a lowered view op as windows on args[0]'s storage."""
+    base: Tracer = args[0]
+    outs = result if isinstance(result, (list, tuple)) else [result]
+    multi = isinstance(result, (list, tuple))
+    for i, r in enumerate(outs):
+        step = ViewStep(func, tuple(args[1:]), dict(kwargs), i if multi else None, not torch.is_grad_enabled())
+        r._storage, r._chain = base._storage, base._chain + (step,)
+        r._cache = (base._storage.version, r._cache[1])
+        r._lost = base._lost
+
+
+def _follow_views(func, args, result) -> None:
+    """A view op that came back through a decomposition or a torch call: its results are views
+    only if they came out as views of args[0]; otherwise a later write to either would not reach
+    the other, so such a pair may not be written and read again (see Tracer._var)."""
+    if not (getattr(func, "is_view", False) and args and isinstance(args[0], Tracer)):
+        return
+    base: Tracer = args[0]
+    for r in pytree.tree_leaves(result):
+        if isinstance(r, Tracer) and r._storage is not base._storage:
+            r._lost = (base._storage, base._storage.version)
+            base._lost = base._lost or (r._storage, r._storage.version)
+
+
+def _replay(b: TraceBuilder, var: Var, chain: tuple[ViewStep, ...]) -> Var:
+    """A view's value from its storage's: its view ops applied again (they cost nothing in a kernel)."""
+    for step in chain:
+        meta = torch.empty(var.shape, dtype=var.dtype, device="meta")
+        out_meta = step.func(meta, *step.args, **step.kwargs)
+        with b, torch.set_grad_enabled(not step.no_grad):
+            out = lowering_for(step.func)(b, out_meta, var, *step.args, **step.kwargs)
+        var = out[step.index] if step.index is not None else out
+    return var
+
+
+# ---------------------------------------------------------------------------------------------
+# Writes: in-place ops.
+
+
+def _op_name(func) -> str:
+    """torch's name for an op in its messages: aten::add_.Tensor, aten::copy_."""
+    overload = func._overloadname
+    return func._schema.name + ("" if overload == "default" else f".{overload}")
+
+
+def _captured_error(func) -> RuntimeError:
+    return RuntimeError(
+        f"During a grad (vjp, jvp, grad, etc) transform, the function provided attempted to call in-place "
+        f"operation ({_op_name(func)}) that would mutate a captured Tensor. This is not supported; please rewrite "
+        f"the function being transformed to explicitly accept the mutated Tensor(s) as inputs."
+    )
+
+
+def _target(b: TraceBuilder, func, x: torch.Tensor) -> Tracer:
+    """The tracer of `b` an in-place op writes to.  A tensor from outside the trace (a closure, a
+    module buffer, an enclosing trace's tracer) gets one that stands for it from now on, and its
+    new value is written back after the run; a real tensor the function made itself
+    (torch.tensor(...)) gets one too, with no write-back.  Writing a tensor captured by a
+    grad/vjp/jvp trace is torch.func's error."""
+    t = _stand_in(b, x)
+    origin = t._storage.origin
+    if isinstance(origin, Tracer):  # an enclosing trace's tensor
+        home = origin._builder.level
+    elif origin is None or isinstance(origin, int):  # this trace's own
+        home = b.level
+    else:  # from outside every trace
+        home = -1
+    if any(s.api in GRAD_APIS and s.level > home for s in trace_stack()):
+        raise _captured_error(func)
+    return t
+
+
+def _stand_in(b: TraceBuilder, x: torch.Tensor) -> Tracer:
+    if isinstance(x, Tracer) and x._builder is b:
+        return x
+    if id(x) in b.captured:
+        return b.captured[id(x)]
+    _check_real_dtype(x, "a captured tensor")
+    memory = tensor_memory(x)
+    for other in b.captured.values():
+        if memory is not None and tensor_memory(other._storage.origin) == memory:
+            raise NotImplementedError(
+                "tritonfunc: two tensors sharing the memory of a captured tensor are written in place; "
+                "tritonfunc cannot follow that aliasing (clone one of them, or pass the tensor as an argument)"
+            )
+    local = _is_local(x)
+    var = b.const(x)
+    t = Tracer(b, var, _Storage(var, origin=None if local else x))
+    b.captured[id(x)] = t
+    return t
+
+
+def tensor_memory(x) -> Any:
+    """What identifies the memory a captured tensor lives in (None when unknown)."""
+    if x is None or isinstance(x, int):
+        return None
+    if isinstance(x, Tracer):
+        return x._storage
+    try:
+        return (x.device, x.untyped_storage().data_ptr())
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+def memory_overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors may share elements: tracers of one storage, or real tensors whose spans
+    in one storage intersect."""
+    if isinstance(a, Tracer) or isinstance(b, Tracer):
+        return isinstance(a, Tracer) and isinstance(b, Tracer) and a._storage is b._storage
+    if tensor_memory(a) is None or tensor_memory(a) != tensor_memory(b):
+        return False
+
+    def offsets(t):  # the byte offset of every element in its storage
+        out = torch.zeros((), dtype=torch.int64)
+        for n, stride in zip(t.shape, t.stride()):
+            out = (out[..., None] + torch.arange(n) * stride).flatten()
+        return (out * t.element_size() + t.data_ptr()).flatten()
+
+    if a.numel() == 0 or b.numel() == 0:
+        return False
+    return bool(torch.isin(offsets(a), offsets(b)).any())
+
+
+def _check_not_stale(b: TraceBuilder, x: torch.Tensor) -> None:
+    """A captured tensor read after another one sharing its memory (a view of it, its base) was
+    written: its constant would hold the old values."""
+    memory = tensor_memory(x)
+    if memory is None:
+        return
+    for t in b.captured.values():
+        if t._storage.version > 0 and tensor_memory(t._storage.origin) == memory:
+            raise NotImplementedError(
+                "tritonfunc: a captured tensor is read after an in-place update through another tensor sharing "
+                "its memory; tritonfunc cannot follow that aliasing (clone it, or pass it as an argument)"
+            )
+
+
+def _check_leaf(target: Tracer) -> None:
+    if target._storage.diff and torch.is_grad_enabled():
+        if target._chain:
+            raise RuntimeError("a view of a leaf Variable that requires grad is being used in an in-place operation.")
+        raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
+
+
 def _inplace(b: TraceBuilder, func, args, kwargs):
-    """Runs `x.op_(...)` as `x = x.op(...)` when nothing else can observe the mutation."""
-    target = args[0]
-    name = func.overloadpacket.__name__
-    functional = getattr(aten, name[:-1], None)
-    if functional is None or not isinstance(target, Tracer) or target._builder is not b:
-        raise NotImplementedError(f"tritonfunc: in-place operator {func} is not supported here")
-    if target._is_input or target._is_view or target._has_views:
+    """x.op_(...): computes op(...) out of place, then writes the result into x."""
+    target = _target(b, func, args[0])
+    if torch.Tag.inplace_view in func.tags:
+        return _metadata_inplace(b, func, target, args, kwargs)
+    if target._lost is not None:
         raise NotImplementedError(
-            f"tritonfunc: in-place operator {func} on an input or a view is not supported; "
-            f"use the out-of-place operator instead"
+            f"tritonfunc: in-place operator {func} on a view that tritonfunc cannot follow back to its base"
         )
-    overload = getattr(functional, func._overloadname, None) or functional.default
-    result = overload(*args, **kwargs)
-    if result.shape != target.shape:
-        raise RuntimeError(f"tritonfunc: in-place {func} would change the shape of its operand")
-    with b:
-        target._var = b.cast(result._var, target.dtype)
+    _check_leaf(target)
+    args = (target, *args[1:])
+    overload = _functional_form(func)
+    if func is aten.copy_.default:  # src cast to self's dtype and broadcast to its shape
+        with b:
+            new = b.broadcast_to(b.cast(_as_vars(b, args[1]), target.dtype), tuple(target.shape))
+    elif overload is None:
+        raise NotImplementedError(f"tritonfunc: in-place operator {func} is not supported (no out-of-place form)")
+    else:
+        result = overload(*args, **kwargs)
+        if tuple(result.shape) != tuple(target.shape):
+            raise RuntimeError(
+                f"output with shape {list(target.shape)} doesn't match the broadcast shape {list(result.shape)}"
+            )
+        if not torch.can_cast(result.dtype, target.dtype):
+            raise RuntimeError(
+                f"result type {_type_name(result.dtype)} can't be cast to the desired output type "
+                f"{_type_name(target.dtype)}"
+            )
+        new = _as_vars(b, result)
+    record_check(b, func, args, kwargs)
+    write(b, target, new)
     return target
+
+
+def _functional_form(func):
+    """The out-of-place overload of an in-place op: add_.Tensor -> add.Tensor, pow_.Scalar ->
+    pow.Tensor_Scalar (the one whose arguments have the same types)."""
+    functional = getattr(aten, func.overloadpacket.__name__[:-1], None)
+    if functional is None:
+        return None
+    same = getattr(functional, func._overloadname, None)
+    if same is not None:
+        return same
+    types = [str(a.type) for a in func._schema.arguments]
+    for name in functional.overloads():
+        candidate = getattr(functional, name)
+        if [str(a.type) for a in candidate._schema.arguments] == types:
+            return candidate
+    return None
+
+
+def _type_name(dtype: torch.dtype) -> str:
+    """torch's ScalarType name in its messages: Float, Long, Bool."""
+    return torch.empty((), dtype=dtype, device="meta").type().split(".")[-1].replace("Tensor", "")
+
+
+def record_check(b: TraceBuilder, func, args, kwargs) -> None:
+    """Notes an in-place op or a random draw for vmap's checks (vars as they were before it)."""
+    target = args[0] if args else None
+    like = target._storage.like if isinstance(target, Tracer) and target._builder is b else None
+    b.checks.append(OpCall(func, _as_vars(b, (tuple(args), dict(kwargs))), like))
+
+
+def write(b: TraceBuilder, target: Tracer, new: Var) -> None:
+    """Gives `target` the value `new`: scattered back through its view chain into its storage,
+    so every view of that storage sees it.  Under no_grad the value changes but the gradient
+    path stays the old value's, as torch's in-place ops under no_grad do."""
+    old = target._var
+    if new.dtype != target.dtype:
+        with b:
+            new = b.cast(new, target.dtype)
+    if not torch.is_grad_enabled() and new.dtype.is_floating_point:
+        new = _keep_gradient_path(b, old, new)
+    storage = target._storage
+    with torch.enable_grad():  # the scatter is bookkeeping: gradients flow through it
+        values = [storage.var]
+        for step in target._chain[:-1]:
+            values.append(_replay(b, values[-1], (step,)))
+        value = new
+        for step, base in zip(reversed(target._chain), reversed(values)):
+            value = _unview(b, step, base, value)
+    storage.var = value
+    storage.version += 1
+    target._cache = (storage.version, new)
+
+
+def _keep_gradient_path(b: TraceBuilder, old: Var, new: Var, forward_too: bool = False) -> Var:
+    """new's value with old's derivative: new - (old' - old) where old' is old without one.
+    (old' - old) is exactly +0 for finite values, and new - 0 is new, signed zeros included; where
+    old is not finite the value is new itself.  After an in-place op under no_grad, old' is old under
+    no_grad, which forward mode ignores (as torch's forward AD does): there the derivative is new's.
+    After a write through a detached alias (`forward_too`), both modes keep old's derivative."""
+    with b:
+        if forward_too:
+            new, old_without = P.stop_gradient(new), P.stop_gradient(old)
+        else:
+            old_without = b.emit(P.copy, [old], no_grad=True)
+        with torch.enable_grad():
+            kept = new - (old_without - old)
+            finite = b.lt(b.abs(old_without), b.like(old, float("inf")))
+            return b.where(finite, kept, new)
+
+
+def _unview(b: TraceBuilder, step: ViewStep, base: Var, new: Var) -> Var:
+    """The storage-side value after writing `new` into view `step` of `base`."""
+    packet = step.func.overloadpacket
+    args = step.args
+    with b:
+        if packet is aten.detach:  # torch changes the value, not the base's autograd history
+            return _keep_gradient_path(b, base, new, forward_too=True) if base.dtype.is_floating_point else new
+        if packet in (aten.alias, aten.lift_fresh, aten.real):
+            return new
+        if packet in (aten.view, aten._unsafe_view, aten.reshape, aten.unsqueeze, aten.squeeze) or step.func in (
+            torch.ops.prims.reshape.default,
+            torch.ops.prims.squeeze.default,
+        ):
+            return b.reshape(new, base.shape)
+        if packet in (aten.permute, aten.transpose, aten.t):
+            perm = _permutation(step, len(base.shape))
+            return b.transpose(new, P.inverse_permutation(perm))
+        if packet is aten.slice:
+            dim = args[0] if args else step.kwargs.get("dim", 0)
+            start = args[1] if len(args) > 1 else step.kwargs.get("start")
+            end = args[2] if len(args) > 2 else step.kwargs.get("end")
+            stride = args[3] if len(args) > 3 else step.kwargs.get("step", 1)
+            return _unslice(b, base, new, dim % len(base.shape), start, end, stride)
+        if packet is aten.select:
+            dim, index = args[0] % len(base.shape), args[1] % base.shape[args[0]]
+            shape = list(base.shape)
+            shape[dim] = 1
+            return _unslice(b, base, b.reshape(new, tuple(shape)), dim, index, index + 1, 1)
+        if packet in (aten.split, aten.split_with_sizes, aten.unbind):
+            where = 0 if packet is aten.unbind else 1  # unbind(dim), split(size, dim)
+            dim = (args[where] if len(args) > where else step.kwargs.get("dim", 0)) % len(base.shape)
+            meta = step.func(torch.empty(base.shape, device="meta"), *args, **step.kwargs)
+            start = sum(m.shape[dim] for m in meta[: step.index]) if packet is not aten.unbind else step.index
+            if packet is aten.unbind:
+                shape = list(base.shape)
+                shape[dim] = 1
+                new = b.reshape(new, tuple(shape))
+            return _unslice(b, base, new, dim, start, start + new.shape[dim], 1)
+    raise NotImplementedError(
+        f"tritonfunc: in-place update through a view made by {step.func} is not supported; clone the view first"
+    )
+
+
+def _permutation(step: ViewStep, rank: int) -> list[int]:
+    packet = step.func.overloadpacket
+    if packet is aten.permute:
+        return [d % rank for d in step.args[0]]
+    perm = list(range(rank))
+    if packet is aten.t or rank < 2:
+        return perm[::-1]
+    d0, d1 = step.args[0] % rank, step.args[1] % rank
+    perm[d0], perm[d1] = perm[d1], perm[d0]
+    return perm
+
+
+def _unslice(b: Builder, base: Var, new: Var, dim: int, start, end, step: int) -> Var:
+    """base with base[start:end:step] (along dim) replaced by new: new padded into place, selected."""
+    size = base.shape[dim]
+    start, _, _ = slice(start, end, step).indices(size)
+    n = new.shape[dim]
+    if n == 0:
+        return base
+    rank = len(base.shape)
+    lo, hi, interior = [0] * rank, [0] * rank, [0] * rank
+    lo[dim], interior[dim] = start, step - 1
+    hi[dim] = size - (start + (n - 1) * step + 1)
+    params = dict(lo=tuple(lo), hi=tuple(hi), interior=tuple(interior))
+    placed = b.emit(P.pad, [new], **params)
+    marks = b.emit(P.pad, [b.full(1, torch.int32, new.shape)], **params)
+    return b.where(b.ne(marks, b.like(marks, 0)), placed, base)
+
+
+def _metadata_inplace(b: TraceBuilder, func, target: Tracer, args, kwargs) -> Tracer:
+    """x.t_(), x.unsqueeze_(0), ...: x becomes that view of its storage, and its shape changes."""
+    name = func.overloadpacket.__name__
+    view = getattr(getattr(aten, name[:-1], None), func._overloadname, None)
+    if view is None or lowering_for(view) is None:
+        raise NotImplementedError(f"tritonfunc: in-place operator {func} is not supported")
+    _check_leaf(target)
+    if not isinstance(target._storage.origin, (int, type(None))):
+        raise NotImplementedError(f"tritonfunc: {func} on a captured tensor is not supported (pass it as an argument)")
+    old = target._var
+    step = ViewStep(view, tuple(args[1:]), dict(kwargs), None, not torch.is_grad_enabled())
+    new = _replay(b, old, (step,))
+    target._chain = target._chain + (step,)
+    target._cache = (target._storage.version, new)
+    with no_dispatch():  # the tracer's own sizes follow, as FunctionalTensor does for these ops
+        func(target, *args[1:], **kwargs)
+    return target
+
+
+def _write_results(b: TraceBuilder, func, args, kwargs, written: dict[int, Var], record: bool = True) -> None:
+    """A torch call that writes some of its tensor arguments: their new values (from the call's
+    extra outputs) are written into them."""
+    if not written:
+        return
+    tensors = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
+    if record:
+        record_check(b, func, args, kwargs)
+    for i, new in written.items():
+        target = _target(b, func, tensors[i])
+        _check_leaf(target)
+        write(b, target, new)
 
 
 def _refuse_data_dependence(control_flow: bool):
@@ -251,8 +770,8 @@ _DATA_DEPENDENT = {aten._local_scalar_dense.default, aten.is_nonzero.default, at
 
 
 class _TracingMode(TorchDispatchMode):
-    """Active while a function is traced: catches the operators that take no tensor (factories and
-    seeded random draws), which would otherwise never reach a Tracer."""
+    """Active while a function is traced: catches the operators that take no tracer (factories,
+    seeded random draws, in-place ops on captured tensors), which would otherwise never reach one."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -260,23 +779,81 @@ class _TracingMode(TorchDispatchMode):
         # attention ops are, for their dropout).
         random = torch.Tag.nondeterministic_seeded in func.tags and lowering_for(func) is None
         factory = func.overloadpacket in FACTORIES and kwargs.get("layout") in (None, torch.strided)
-        if not (random or factory):
+        leaves = pytree.tree_leaves((args, kwargs))
+        if random or factory:
+            return self._draw_or_make(func, args, kwargs, random, leaves)
+        if any(isinstance(x, Tracer) for x in leaves):
             return func(*args, **kwargs)
-        b = innermost_builder(pytree.tree_leaves((args, kwargs))) or trace_stack()[-1]
-        meta_kwargs = {k: v for k, v in kwargs.items() if k != "generator"}
-        if factory or "device" in kwargs or func.overloadpacket in (aten.rand, aten.randn):
+        b = trace_stack()[-1]
+        if b.captured:
+            for x in leaves:
+                if isinstance(x, torch.Tensor) and id(x) not in b.captured:
+                    _check_not_stale(b, x)
+        if any(isinstance(x, torch.Tensor) and id(x) in b.captured for x in leaves):
+            # a captured tensor written earlier in this trace: its reads see the new value
+            args, kwargs = pytree.tree_map(
+                lambda x: b.captured.get(id(x), x) if isinstance(x, torch.Tensor) else x, (args, kwargs)
+            )
+            return func(*args, **kwargs)
+        if _writes_self(func) and isinstance(args[0], torch.Tensor) and not _is_local(args[0]):
+            return _inplace(b, func, args, kwargs)  # a captured tensor: a write-back, or an error
+        out = func(*args, **kwargs)
+        # A tensor made here is the function's own to mutate (a view only if its base is).
+        fresh = func in _LIFTS or not getattr(func, "is_view", False) or _is_local(args[0])
+        if fresh:
+            for t in pytree.tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    b.local[id(t)] = t
+        return out
+
+    def _draw_or_make(self, func, args, kwargs, random, leaves):
+        factory = not random
+        b = innermost_builder(leaves) or trace_stack()[-1]
+        target = None
+        if random and _writes_self(func):  # an in-place fill: x.normal_(), dropout's noise
+            target = _target(b, func, args[0])
+            _check_leaf(target)
+            args = (target, *args[1:])
+        if random:
+            args, kwargs = _generator_as_keyword(func, args, kwargs)
+            check_params(func, args, kwargs)
+            tensors = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
+            if tensors and not in_dropout():  # vmap's randomness rules (dropout's noise is a draw of its own)
+                record_check(b, func, args, kwargs)
+        meta_kwargs = {k: (None if k == "generator" else v) for k, v in kwargs.items()}
+        if not any(isinstance(x, torch.Tensor) for x in pytree.tree_leaves(args)):  # a factory: shape only
             meta_kwargs["device"] = "meta"
-        out = func(*pytree.tree_map(_to_meta, args), **meta_kwargs)
+        out = fallback.meta_result(func, pytree.tree_map(_to_meta, args), meta_kwargs)
+        for t in pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                _check_real_dtype(t, f"the result of {func}")
         vargs, vkwargs = _as_vars(b, (args, {k: v for k, v in kwargs.items() if k != "generator"}))
         vkwargs["generator"] = kwargs.get("generator")
         with b:
-            result = (
-                lower_factory(b, func, out, vargs, vkwargs) if factory else lower_random(b, func, out, vargs, vkwargs)
-            )
-        if func.overloadpacket.__name__.endswith("_") and isinstance(args[0], Tracer):
-            args[0]._var = result  # an in-place fill (dropout and nn.init draw this way)
-            return args[0]
-        return _as_tracers(b, result)
+            if factory:
+                result = lower_factory(b, func, out, vargs, vkwargs)
+            else:
+                result, written = lower_random(b, func, out, vargs, vkwargs)
+                _write_results(b, func, args, kwargs, written, record=False)
+        if target is not None:
+            write(b, target, result)
+            return target
+        return _mark_like(b, func, args, _as_tracers(b, result))
+
+
+_LIFTS = {aten.lift_fresh.default, aten.lift_fresh_copy.default}  # torch.tensor(data) inside the function
+
+
+def _generator_as_keyword(func, args, kwargs):
+    names = [a.name for a in func._schema.arguments]
+    if "generator" in names and len(args) > names.index("generator"):
+        i = names.index("generator")
+        return args[:i] + args[i + 1 :], {**kwargs, "generator": args[i]}
+    return args, kwargs
+
+
+def _is_local(x) -> bool:
+    return isinstance(x, torch.Tensor) and any(id(x) in t.local and t.local[id(x)] is x for t in trace_stack())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,13 +872,19 @@ def inline(b: TraceBuilder, graph: Graph, inputs: list) -> list[Tracer]:
     A transform called on tracers (inside another transform) computes its transformed graph as
     usual, then inlines it, so the enclosing transform sees ordinary primitives.  A no_grad block
     around the call, or inside the inlined function, stays in force for the enclosing transform.
+    Seeds stay seeds of the enclosing graph (one per random op, however often it is inlined), and
+    the in-place records go along for vmap's checks.
     """
     env: dict[Var, Var] = {}
     for v, t in zip(graph.inputs, inputs):
-        env[v] = t._var if isinstance(t, Tracer) and t._builder is b else b.const(t)
+        if isinstance(t, Seed):
+            env[v] = b.seed(t)
+        else:
+            env[v] = _as_vars(b, t)
     for n in graph.nodes:
         outs = b.emit(n.prim, [env[v] for v in n.inputs], no_grad=n.no_grad, **n.params)
         env.update(zip(n.outs, outs if n.prim.multiple_results else (outs,)))
+    b.checks.extend(op.renamed(env) for op in graph.checks)
     return [Tracer(b, env[v]) for v in graph.outputs]
 
 
@@ -312,26 +895,56 @@ def inline(b: TraceBuilder, graph: Graph, inputs: list) -> list[Tracer]:
 TENSOR = object()  # marks the output leaves that are graph outputs
 
 
-def trace(fn: Callable, args: tuple, kwargs: dict | None = None, *, device=None, api: str | None = None):
-    """Traces fn(*args, **kwargs).  Tensor leaves of args become graph inputs, in flattened order.
+@dataclass
+class Write:
+    """A tensor the traced function changed in place: an input (by position among the tensor
+    leaves) or a captured tensor.  When `changed`, its new value is one of the trailing graph
+    outputs; `metadata` lists the in-place view ops (x.t_()) to replay on it."""
 
-    Returns (graph, out_spec, out_leaves) where out_leaves holds the output's non-tensor leaves
-    (TENSOR where a leaf is a graph output).
-    """
+    target: int | torch.Tensor
+    changed: bool
+    metadata: tuple[ViewStep, ...] = ()
+
+
+@dataclass
+class Traced:
+    """A traced function: the graph (outputs: the function's tensor outputs, then the new values
+    of the tensors it wrote), the output's structure and non-tensor leaves, and the writes."""
+
+    graph: Graph
+    out_spec: Any
+    statics: list  # per output leaf: TENSOR (a graph output) or the leaf itself
+    writes: list[Write]
+    returns_input: dict[int, int]  # output tensor index -> input position, for `return x.add_(1)`
+
+    @property
+    def num_outputs(self) -> int:
+        """The function's own tensor outputs (before the written values)."""
+        return len(self.graph.outputs) - sum(w.changed for w in self.writes)
+
+
+def trace(
+    fn: Callable, args: tuple, kwargs: dict | None = None, *, device=None, api: str | None = None, diff=None
+) -> Traced:
+    """Traces fn(*args, **kwargs).  Tensor leaves of args become graph inputs, in flattened order;
+    `diff` marks the ones being differentiated (in-place ops on them are refused, as torch does
+    for leaves that require grad)."""
     kwargs = kwargs or {}
     leaves, in_spec = pytree.tree_flatten((args, kwargs))
     tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
+    diff = list(diff) if diff is not None else [False] * len(tensors)
     if device is None:
         device = tensors[0].device if tensors else torch.device("cpu")
     stack = trace_stack()
     b = TraceBuilder((stack[-1].level + 1) if stack else 0, torch.device(device), api=api)
-    wrapped = []
+    wrapped, inputs = [], []
     for x in leaves:
         if isinstance(x, torch.Tensor):
+            _check_real_dtype(x, "an input")
             v = Var(x.shape, x.dtype)
             b.inputs.append(v)
-            t = Tracer(b, v)
-            t._is_input = True
+            t = Tracer(b, v, _Storage(v, origin=len(inputs), diff=diff[len(inputs)]))
+            inputs.append(t)
             wrapped.append(t)
         else:
             wrapped.append(x)
@@ -344,18 +957,30 @@ def trace(fn: Callable, args: tuple, kwargs: dict | None = None, *, device=None,
     finally:
         stack.pop()
     out_leaves, out_spec = pytree.tree_flatten(out)
-    outputs, statics = [], []
+    outputs, statics, returns_input = [], [], {}
     for x in out_leaves:
         if isinstance(x, Tracer) and x._builder is b:
+            for i, t in enumerate(inputs):
+                if x is t:
+                    returns_input[len(outputs)] = i
             outputs.append(x._var)
             statics.append(TENSOR)
         elif isinstance(x, torch.Tensor):
-            outputs.append(b.const(x))
+            outputs.append(_as_vars(b, x))
             statics.append(TENSOR)
         else:
             statics.append(x)
+    writes = []
+    for i, t in enumerate(inputs):
+        changed = t._storage.version > 0
+        if changed or t._chain:
+            writes.append(Write(i, changed, t._chain))
+    captured = [t for t in b.captured.values() if t._storage.origin is not None and t._storage.version > 0]
+    writes += [Write(t._storage.origin, True) for t in captured]
+    outputs += [t._storage.var for t in inputs if t._storage.version > 0]
+    outputs += [t._storage.var for t in captured]
     graph = b.graph(outputs)
     for n in graph.nodes:
-        if n.prim.strategy == OPAQUE:
+        if n.prim.strategy == P.OPAQUE:
             fallback.warn_not_fused(n.prim.name)
-    return graph, out_spec, statics
+    return Traced(graph, out_spec, statics, writes, returns_input)

@@ -15,9 +15,12 @@ A symbolic zero is `None` throughout: zero tangents and cotangents cost nothing.
 
 from __future__ import annotations
 
+import torch
+
+from . import fallback
 from . import primitives as P
-from .graph import Builder, Graph, Node, Var
-from .primitives import Primitive, with_batch_axis
+from .graph import Builder, Graph, Node, Seed, Var, current_builder
+from .primitives import OPAQUE, Primitive, with_batch_axis
 
 
 def _differentiable(v: Var) -> bool:
@@ -37,6 +40,8 @@ def _as_list(x, n: int) -> list:
 
 def jvp_rule(prim: Primitive, primals: list[Var], tangents: list, outs: tuple[Var, ...], params) -> list:
     """The output tangents (None: zero) of one node, given its input tangents."""
+    if any(t is not None and t.dtype != x.dtype for t, x in zip(tangents, primals)):
+        return _mixed_jvp_rule(prim, primals, tangents, outs, params)
     if prim.jvp is not None:
         return _as_list(prim.jvp(primals, tangents, outs if prim.multiple_results else outs[0], **params), len(outs))
     (out,) = outs
@@ -49,6 +54,50 @@ def jvp_rule(prim: Primitive, primals: list[Var], tangents: list, outs: tuple[Va
         filled = [t if t is not None else P.like(x, 0) for t, x in zip(tangents, primals)]
         return [prim(*filled, **params)]
     raise NotImplementedError(f"tritonfunc: primitive {prim.name} has no forward-mode rule")
+
+
+def _widest(dtypes) -> torch.dtype:
+    dtypes = list(dtypes)
+    wide = dtypes[0]
+    for d in dtypes[1:]:
+        wide = torch.promote_types(wide, d)
+    return wide
+
+
+def _mixed_jvp_rule(prim: Primitive, primals: list[Var], tangents: list, outs: tuple[Var, ...], params) -> list:
+    """Tangents of another dtype than their primals (a float64 tangent for a float32 input), as
+    torch's forward AD computes them: each formula promotes.  A partial derivative is computed in the
+    primal's dtype, then multiplied in the wider one; a linear primitive runs in its tangents' dtype;
+    a custom rule runs on primals widened to the tangents' dtype (exact: widening is)."""
+    b = current_builder()
+    present = [t for t in tangents if t is not None]
+    if prim.deriv is not None:
+        partials = prim.deriv(outs[0], *primals, **params)
+        terms = [(t, d) for t, d in zip(tangents, partials) if t is not None and d is not None]
+        wide = _widest([t.dtype for t, _ in terms] + [d.dtype for _, d in terms]) if terms else None
+        return [_sum([b.cast(t, wide) * b.cast(d, wide) for t, d in terms])]
+    if prim.transpose is not None:
+        wide = _widest(t.dtype for t in present)
+        if prim is P.add and None in tangents:
+            return [present[0]]
+        filled = [b.cast(t, wide) if t is not None else b.full(0, wide, x.shape) for t, x in zip(tangents, primals)]
+        return [prim(*filled, **params)]
+    if prim.strategy == OPAQUE:
+        raise NotImplementedError(
+            f"tritonfunc: jvp through {prim.name} with tangents of another dtype than their primals is not supported"
+        )
+    wide = _widest([t.dtype for t in present] + [x.dtype for x in primals if x.dtype.is_floating_point])
+
+    def widen(v):
+        return b.cast(v, wide) if v is not None and v.dtype.is_floating_point else v
+
+    pushed = prim.jvp(
+        [widen(x) for x in primals],
+        [widen(t) for t in tangents],
+        tuple(widen(o) for o in outs) if prim.multiple_results else widen(outs[0]),
+        **params,
+    )
+    return _as_list(pushed, len(outs))
 
 
 def vjp_rule(prim: Primitive, primals: list[Var], outs: tuple[Var, ...], cts: list, params) -> list:
@@ -66,13 +115,15 @@ def vjp_rule(prim: Primitive, primals: list[Var], outs: tuple[Var, ...], cts: li
 
 
 class _Copier:
-    """A builder for the new graph, with the old graph's inputs and nodes copied into it."""
+    """A builder for the new graph, with the old graph's inputs and nodes copied into it, and extra
+    inputs shaped like `extra_inputs` (of `extra_dtypes`, default theirs)."""
 
-    def __init__(self, graph: Graph, extra_inputs: list[Var]):
+    def __init__(self, graph: Graph, extra_inputs: list[Var], extra_dtypes: list | None = None):
         self.b = Builder()
         self.args = [Var(v.shape, v.dtype) for v in graph.arg_inputs]
         self.consts = [Var(v.shape, v.dtype) for v in graph.const_inputs]
-        self.extra = [Var(v.shape, v.dtype) for v in extra_inputs]
+        extra_dtypes = extra_dtypes or [v.dtype for v in extra_inputs]
+        self.extra = [Var(v.shape, d) for v, d in zip(extra_inputs, extra_dtypes)]
         self.env: dict[Var, Var] = dict(zip(graph.inputs, self.args + self.consts))
         self.graph = graph
 
@@ -83,9 +134,10 @@ class _Copier:
         return outs
 
     def finish(self, outputs: list[Var]) -> Graph:
-        return Graph(
-            self.args + self.extra + self.consts, self.b.nodes, outputs, len(self.consts), list(self.graph.const_values)
-        )
+        g = self.graph
+        checks = [op.renamed(self.env) for op in g.checks]
+        inputs = self.args + self.extra + self.consts
+        return Graph(inputs, self.b.nodes, outputs, len(self.consts), list(g.const_values), checks)
 
 
 def _carries_derivative(node: Node, out: Var, forward: bool = False) -> bool:
@@ -96,14 +148,15 @@ def _carries_derivative(node: Node, out: Var, forward: bool = False) -> bool:
     return not node.prim.nondiff and _differentiable(out)
 
 
-def jvp_graph(graph: Graph, wrt: list[bool]) -> tuple[Graph, list[bool]]:
-    """Adds one tangent input per argument marked in `wrt` and one tangent output per output.
+def jvp_graph(graph: Graph, wrt: list[bool], tangent_dtypes: list | None = None) -> tuple[Graph, list[bool]]:
+    """Adds one tangent input per argument marked in `wrt` (of `tangent_dtypes`, default the
+    argument's) and one tangent output per output.
 
     Returns the new graph and, per output, whether it is independent of the marked arguments
     (its tangent is then zeros; jvp's strict mode refuses it).
     """
     marked = [v for v, w in zip(graph.arg_inputs, wrt) if w]
-    c = _Copier(graph, marked)
+    c = _Copier(graph, marked, tangent_dtypes)
     tangent: dict[Var, Var] = {v: t for v, t in zip(marked, c.extra) if _differentiable(v)}
     with c.b:
         for node in graph.nodes:
@@ -167,22 +220,31 @@ def _random_error():
     )
 
 
-def vmap_graph(graph: Graph, batched: list[bool], size: int, randomness: str = "error") -> tuple[Graph, list[bool]]:
+def vmap_graph(
+    graph: Graph, batched: list[bool], size: int, randomness: str = "error", level: int = 1
+) -> tuple[Graph, list[bool]]:
     """Adds a leading batch axis of `size` to the arguments marked in `batched` and to everything
-    computed from them.  Returns the new graph and, per output, whether it is batched."""
+    computed from them.  Returns the new graph and, per output, whether it is batched.
+
+    In-place ops and random draws are then checked against torch.func's rules (`level`: this
+    vmap's nesting level, which torch.func's messages name)."""
     b = Builder()
     args = [Var((size, *v.shape) if bt else v.shape, v.dtype) for v, bt in zip(graph.arg_inputs, batched)]
     consts = [Var(v.shape, v.dtype) for v in graph.const_inputs]
     env: dict[Var, Var] = dict(zip(graph.inputs, args + consts))
     is_batched: dict[Var, bool] = {v: bt for v, bt in zip(graph.arg_inputs, batched)}
+    # A draw is this function's own when its seed is a seed input (drawn when the graph runs).  One
+    # seeded by a fixed value (a vjp_fn replaying its forward's draws) is a function of its inputs.
+    seeds = {v for v, c in zip(graph.const_inputs, graph.const_values) if isinstance(c, Seed)}
     with b:
         for node in graph.nodes:
             ins = [env[v] for v in node.inputs]
             flags = [is_batched.get(v, False) for v in node.inputs]
             start = len(b.nodes)
-            if node.prim.random and randomness == "error":
+            fresh = node.prim.random and bool(node.inputs) and node.inputs[0] in seeds
+            if fresh and randomness == "error":
                 raise _random_error()
-            if node.prim is P.rand:
+            if node.prim is P.rand and fresh:
                 if randomness == "same" and any(flags):
                     raise RuntimeError(
                         "Vmap does not currently support same randomness with a batched tensor input. Please file "
@@ -193,8 +255,11 @@ def vmap_graph(graph: Graph, batched: list[bool], size: int, randomness: str = "
                     ins = [ins[0]] + [with_batch_axis(v, f, size) for v, f in zip(ins[1:], flags[1:])]
                 outs = P.rand(*ins, **{**node.params, "shape": shape})
                 now_batched = randomness == "different"
-            elif any(flags) or node.prim.random:
-                extra = {"randomness": randomness} if node.prim.random else {}
+            elif node.prim is P.rand:  # the same values for every example: they ignore the data input
+                outs = P.rand(ins[0], **node.params)
+                now_batched = False
+            elif any(flags) or (fresh and randomness == "different"):  # "same": one draw
+                extra = {"randomness": randomness if fresh else "same"} if node.prim.random else {}
                 outs = node.prim.batch(ins, flags, size, **extra, **node.params)
                 now_batched = True
             else:
@@ -206,6 +271,33 @@ def vmap_graph(graph: Graph, batched: list[bool], size: int, randomness: str = "
             for v, o in zip(node.outs, outs):
                 env[v] = o
                 is_batched[v] = now_batched
+    for op in graph.checks:
+        _check_batched_op(op, is_batched, size, randomness, level)
     outs = [env[v] for v in graph.outputs]
-    new = Graph(args + consts, b.nodes, outs, len(consts), list(graph.const_values))
+    checks = [op.renamed(env) for op in graph.checks]
+    new = Graph(args + consts, b.nodes, outs, len(consts), list(graph.const_values), checks)
     return new, [is_batched.get(v, False) for v in graph.outputs]
+
+
+def _check_batched_op(op, is_batched: dict[Var, bool], size: int, randomness: str, level: int) -> None:
+    """Raises torch.func's error where vmap refuses an in-place op or a random draw: a batched
+    value written into an unbatched tensor, "different" in-place randomness on an unbatched
+    tensor, "same" randomness with a batched argument.  torch.func itself gives the verdict and
+    its words, on stand-in tensors, once this graph's batching makes a refusal possible."""
+    tensors = op.vars
+    if not tensors:
+        return
+    self_batched = is_batched.get(tensors[0], False) or (op.like is not None and is_batched.get(op.like, False))
+    others_batched = any(is_batched.get(v, False) for v in tensors[1:])
+    random = torch.Tag.nondeterministic_seeded in op.func.tags
+    first = op.func._schema.arguments[0] if op.func._schema.arguments else None
+    writes_self = first is not None and first.alias_info is not None and first.alias_info.is_write
+    suspicious = writes_self and not self_batched and (others_batched or (random and randomness == "different"))
+    suspicious |= random and randomness == "same" and (others_batched or (self_batched and not writes_self))
+    if op.writes:  # writes beyond its schema: an unbatched one beside batched inputs
+        unbatched = any(not is_batched.get(tensors[i], False) for i in op.writes)
+        suspicious |= unbatched and any(is_batched.get(v, False) for v in tensors)
+    if suspicious:
+        error = fallback.vmap_error(op.func, op.args, is_batched, size, randomness, level)
+        if error is not None:
+            raise error

@@ -1,64 +1,205 @@
 """Random operators and factories.  torch.randn(3) or torch.arange(5) take no tensor, so they never
-reach a Tracer: the tracing mode (trace.py) catches them and calls these."""
+reach a Tracer: the tracing mode (trace.py) catches them and calls these.
+
+Elementwise distributions are drawn in the kernel with Triton's Philox generator (the `rand`
+primitive: uniform or normal values from a seed and each element's offset) and transformed there:
+uniform, normal, bernoulli, exponential, geometric, log-normal, Cauchy, and the dropout masks.  The
+seed is a graph input drawn from torch's generator (or the one passed) each time the graph runs,
+so torch.manual_seed makes results repeatable, but the streams are not torch's own: values differ
+from torch's, distributions do not.  Draws that are not elementwise (randint and random_, whose
+integer ranges need exact uniformity; randperm, multinomial, poisson, binomial, gamma, ...) run
+as torch calls between kernels, with a generator seeded from such a seed input, so they are
+repeatable and differentiate and batch as torch.func does.  As in torch, sampled values carry no
+derivative with respect to distribution parameters (normal's mean and std, bernoulli's p).
+"""
 
 from __future__ import annotations
 
-import torch
-from torch.utils._python_dispatch import _disable_current_modes
+import contextlib
+import math
+import threading
 
+import torch
+
+from .. import fallback
 from .. import primitives as P
-from ..graph import Builder, Var
+from ..graph import Builder, Seed, Var
 from . import aten
 
+# ---------------------------------------------------------------------------------------------
+# Dropout: its noise is a fresh draw.  F.dropout fills an empty tensor in place (bernoulli_), which
+# torch.func's vmap treats as a draw of its own (dropout has batching rules), not as an in-place
+# fill of an unbatched tensor; trace.py marks the dropout functions' extent with this scope.
 
-def _draw_seed(generator) -> torch.Tensor:
-    """A fresh Philox seed from torch's generator, so torch.manual_seed makes runs repeatable."""
-    with _disable_current_modes():  # an enclosing trace's random-op mode must not catch this draw
-        return torch.randint(0, 2**62, (), dtype=torch.int64, generator=generator)
+_scope = threading.local()
 
 
-def _random_values(b: Builder, shape, dtype, normal: bool, generator=None, data: Var | None = None) -> Var:
-    """Random values; `data` is the tensor argument the draw is for (bernoulli's p), which vmap's
-    "same" randomness refuses when batched."""
-    seed = b.const(_draw_seed(generator))
-    inputs = [seed] if data is None else [seed, data]
-    return b.emit(P.rand, inputs, shape=tuple(shape), dtype=dtype, normal=normal)
+@contextlib.contextmanager
+def dropout_scope():
+    depth = getattr(_scope, "depth", 0)
+    _scope.depth = depth + 1
+    try:
+        yield
+    finally:
+        _scope.depth = depth
+
+
+def in_dropout() -> bool:
+    return getattr(_scope, "depth", 0) > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Draws.
+
+
+def _draw(b: Builder, shape, dtype: torch.dtype, normal: bool, generator=None) -> Var:
+    """Uniform [0, 1) or standard normal values, computed in float32 (float64 for float64)."""
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    return b.emit(P.rand, [b.seed(Seed(generator))], shape=tuple(shape), dtype=work, normal=normal)
+
+
+def _bind(func, args, kwargs) -> dict:
+    """The op's arguments by schema name, defaults filled in."""
+    arguments = func._schema.arguments
+    bound = {a.name: v for a, v in zip(arguments, args)}
+    bound.update(kwargs)
+    for a in arguments:
+        if a.name not in bound and a.has_default_value():
+            bound[a.name] = a.default_value
+    return bound
+
+
+def _operand(b: Builder, x, like: Var) -> Var:
+    return b.operand(x, like.dtype, like.shape)
+
+
+def _uniform(b, shape, dtype, bound, generator):
+    u = _draw(b, shape, dtype, False, generator)
+    lo, hi = bound.get("from", 0.0), bound.get("to", 1.0)
+    return u * (hi - lo) + lo
+
+
+def _normal(b, shape, dtype, bound, generator):
+    z = _draw(b, shape, dtype, True, generator)
+    return z * _operand(b, bound.get("std", 1.0), z) + _operand(b, bound.get("mean", 0.0), z)
+
+
+def _bernoulli(b, shape, dtype, bound, generator):
+    u = _draw(b, shape, dtype, False, generator)
+    p = bound.get("p", 0.5)
+    if p is None or "p" not in bound:  # bernoulli(self): self holds the probabilities
+        p = bound["self"]
+    return b.lt(u, _operand(b, p, u))
+
+
+def _exponential(b, shape, dtype, bound, generator):
+    u = _draw(b, shape, dtype, False, generator)  # -log(1 - u) / lambda, 1 - u in (0, 1]
+    return -P.log1p(-u) / bound.get("lambd", 1.0)
+
+
+def _geometric(b, shape, dtype, bound, generator):
+    u = _draw(b, shape, dtype, False, generator)  # the number of trials up to the first success
+    return P.floor(P.log1p(-u) / math.log1p(-bound["p"])) + 1
+
+
+def _log_normal(b, shape, dtype, bound, generator):
+    return P.exp(_normal(b, shape, dtype, bound, generator))
+
+
+def _cauchy(b, shape, dtype, bound, generator):
+    u = _draw(b, shape, dtype, False, generator)
+    return P.tan((u - 0.5) * math.pi) * bound.get("sigma", 1.0) + bound.get("median", 0.0)
+
+
+SAMPLERS = {
+    aten.rand: lambda b, shape, dtype, bound, gen: _draw(b, shape, dtype, False, gen),
+    aten.rand_like: lambda b, shape, dtype, bound, gen: _draw(b, shape, dtype, False, gen),
+    aten.randn: lambda b, shape, dtype, bound, gen: _draw(b, shape, dtype, True, gen),
+    aten.randn_like: lambda b, shape, dtype, bound, gen: _draw(b, shape, dtype, True, gen),
+    aten.uniform: _uniform,
+    aten.uniform_: _uniform,
+    aten.normal: _normal,
+    aten.normal_: _normal,
+    aten.normal_functional: _normal,
+    aten.bernoulli: _bernoulli,
+    aten.bernoulli_: _bernoulli,
+    aten.exponential: _exponential,
+    aten.exponential_: _exponential,
+    aten.geometric: _geometric,
+    aten.geometric_: _geometric,
+    aten.log_normal: _log_normal,
+    aten.log_normal_: _log_normal,
+    aten.cauchy: _cauchy,
+    aten.cauchy_: _cauchy,
+}
+
+
+def _g(x: float) -> str:
+    """A double as torch's C++ messages print it (-1, 0.5, 1e-07)."""
+    return f"{x:g}"
+
+
+def check_params(func, args, kwargs) -> None:
+    """torch's own argument errors for the elementwise draws, in its words (checked before the
+    op's meta function runs, whose messages print numbers differently)."""
+    packet, bound = func.overloadpacket, _bind(func, args, kwargs)
+    name = packet.__name__.rstrip("_")
+    std, p = bound.get("std"), bound.get("p")
+    if name in ("normal", "normal_functional") and isinstance(std, (int, float)) and std < 0:
+        raise RuntimeError(f"normal expects std >= 0.0, but found std {_g(std)}")
+    if name == "uniform" and bound.get("from", 0.0) > bound.get("to", 1.0):
+        raise RuntimeError(
+            f"uniform_ expects to return a [from, to) range, but found from={_g(bound['from'])} > to={_g(bound['to'])}"
+        )
+    if name == "bernoulli" and isinstance(p, (int, float)) and not 0 <= p <= 1:
+        raise RuntimeError(f"bernoulli_ expects p to be in [0, 1], but got p={_g(p)}")
+    if name == "exponential" and not bound.get("lambd", 1.0) > 0:
+        raise RuntimeError(f"exponential_ expects lambda > 0.0, but found lambda={_g(bound['lambd'])}")
+    if name == "geometric" and not 0 < p < 1:
+        raise RuntimeError(f"geometric_ expects p to be in (0, 1), but got p={_g(p)}")
+    if name == "log_normal" and not bound.get("std", 1.0) > 0:
+        raise RuntimeError(f"log_normal_ expects std > 0.0, but found std={_g(bound['std'])}")
+    if name == "cauchy" and not bound.get("sigma", 1.0) > 0:
+        raise RuntimeError(f"cauchy_ expects sigma > 0.0, but found sigma={_g(bound['sigma'])}")
 
 
 def lower_random(b: Builder, func, out, args, kwargs):
-    """A seeded random op, tensors given as vars; `out` is its result on meta tensors.  Returns the
-    result var(s), or None for an op without a fused lowering (it then runs as a torch call).
-    For in-place fills (bernoulli_, uniform_, normal_) the result is the new value of args[0]."""
-    packet = func.overloadpacket
+    """A seeded random op, tensors given as vars; `out` is its result on meta tensors.
+
+    Returns (result, written): the result var(s) (for an in-place fill, the new value of args[0])
+    and, for a torch call that writes other arguments (rrelu's noise), their new values by the
+    position of that argument among the op's tensor arguments.
+    """
     generator = kwargs.get("generator")
-    out = out[0] if isinstance(out, tuple) else out
-    if packet in (aten.rand, aten.rand_like, aten.randn, aten.randn_like):
-        return _random_values(b, out.shape, out.dtype, packet in (aten.randn, aten.randn_like), generator)
-    if packet is aten.bernoulli and func is not aten.bernoulli.p:
-        p = b.operand(args[0], out.dtype, out.shape)
-        u = _random_values(b, out.shape, out.dtype, False, generator, data=p)
-        return b.convert(b.lt(u, p), dtype=out.dtype)
-    if func is aten.bernoulli.p:
-        u = _random_values(b, out.shape, out.dtype, False, generator)
-        return b.convert(b.lt(u, b.like(u, args[1])), dtype=out.dtype)
-    if packet is aten.native_dropout:
-        x, p, train = args[0], args[1], args[2]
-        if not train:
-            return x, b.full(True, torch.bool, x.shape)
-        keep = b.gt(_random_values(b, x.shape, x.dtype, False, generator), b.like(x, p))
-        scale = 0.0 if p >= 1 else 1.0 / (1.0 - p)
-        return b.mul(b.mul(b.convert(keep, dtype=x.dtype), x), b.like(x, scale)), keep
-    if packet in (aten.bernoulli_, aten.uniform_, aten.normal_) and isinstance(args[0], Var):
-        # In-place fills of a fresh tensor (how dropout and nn.init draw).
-        shape, dtype = args[0].shape, args[0].dtype
-        params = list(args[1:]) + [kwargs[k] for k in ("p", "from", "to", "mean", "std") if k in kwargs]
-        if packet is aten.bernoulli_:
-            p = b.operand(params[0] if params else 0.5, dtype, shape)
-            return b.convert(b.lt(_random_values(b, shape, dtype, False, generator), p), dtype=dtype)
-        lo, hi = (params + [0.0, 1.0][len(params) :])[:2]
-        draw = _random_values(b, shape, dtype, packet is aten.normal_, generator)
-        return b.add(b.like(draw, lo), b.mul(b.like(draw, hi if packet is aten.normal_ else hi - lo), draw))
-    raise NotImplementedError(f"tritonfunc: random operator {func} is not supported")
+    kwargs = {k: v for k, v in kwargs.items() if k != "generator"}
+    sampler = SAMPLERS.get(func.overloadpacket)
+    if packet_is(func, aten.native_dropout):
+        return _native_dropout(b, args[0], args[1], args[2], generator), {}
+    if sampler is None:  # not elementwise: torch draws it, from a seed input
+        out_value, written = fallback.emit_aten_call(func, args, kwargs, out, seed=b.seed(Seed(generator)))
+        if func._schema.arguments[0].alias_info is not None and func._schema.arguments[0].alias_info.is_write:
+            return written.pop(0), written  # an in-place fill: the new value of self
+        return out_value, written
+    meta = out[0] if isinstance(out, tuple) else out
+    bound = _bind(func, args, kwargs)
+    values = sampler(b, meta.shape, meta.dtype, bound, generator)
+    values = b.cast(values, meta.dtype)
+    if values.dtype.is_floating_point:  # torch: no derivative with respect to the parameters
+        values = P.stop_gradient(values)
+    return values, {}
+
+
+def packet_is(func, packet) -> bool:
+    return func.overloadpacket is packet
+
+
+def _native_dropout(b: Builder, x: Var, p: float, train, generator) -> tuple[Var, Var]:
+    if not train:
+        return x, b.full(True, torch.bool, x.shape)
+    u = _draw(b, x.shape, x.dtype, False, generator)
+    keep = b.gt(u, b.like(u, p))
+    scale = 0.0 if p >= 1 else 1.0 / (1.0 - p)
+    return b.convert(keep, dtype=x.dtype) * x * b.like(x, scale), keep
 
 
 def lower_factory(b: Builder, func, out, args, kwargs) -> Var:
