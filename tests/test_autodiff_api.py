@@ -596,3 +596,39 @@ def test_cross_entropy_loss_of_valid_logits_has_no_aux_error(backend):
     got = tritonfunc.grad(lambda z: (F.cross_entropy(z, t), t), has_aux=True)(z)
     want = torch.func.grad(lambda z: (F.cross_entropy(z, t), t), has_aux=True)(z)
     assert_same(got, want)
+
+
+def _shifted_square(x):
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD._set_fwd_grad_enabled(False):
+        shift = x**2
+    return x**2 - shift
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [
+        pytest.param(lambda tf, x, t: tf.jvp(_shifted_square, (x,), (t,)), id="jvp"),
+        pytest.param(
+            lambda tf, x, t: tf.jvp(lambda x: tf.jvp(_shifted_square, (x,), (t,))[1], (x,), (t,)), id="jvp_jvp"
+        ),
+        pytest.param(lambda tf, x, t: tf.grad(lambda x: _shifted_square(x).sum())(x), id="grad_ignores_it"),
+        pytest.param(lambda tf, x, t: tf.jacfwd(_shifted_square)(x), id="jacfwd"),
+    ],
+)
+def test_forward_ad_disabled_inside_f_is_respected_by_forward_mode_only(backend, transform):
+    """Values computed with forward AD disabled are constants to jvp, as in torch.func (reverse
+    mode does not look at that flag)."""
+    x, t = make(3), make(3, seed=1)
+    assert_same(transform(tritonfunc, x, t), transform(torch.func, x, t))
+
+
+def test_forward_ad_disabled_around_jvp_does_not_reach_inside(backend):
+    import torch.autograd.forward_ad as fwAD
+
+    x, t = make(3), make(3, seed=1)
+    with fwAD._set_fwd_grad_enabled(False):
+        got = tritonfunc.jvp(torch.sin, (x,), (t,))
+        want = torch.func.jvp(torch.sin, (x,), (t,))
+    assert_same(got, want)

@@ -160,8 +160,11 @@ class Node:
     inputs: list[Var]
     params: dict[str, Any]
     outs: tuple[Var, ...]
-    # True when the op ran inside the user's torch.no_grad() block (autodiff treats it as constant).
+    # True when the op ran inside the user's torch.no_grad() block (reverse mode treats it as constant).
     no_grad: bool = False
+    # True when it ran with forward-mode AD disabled (fwAD._set_fwd_grad_enabled(False)): forward mode
+    # treats it as constant, as torch's forward AD does.
+    no_fwd_grad: bool = False
 
     @property
     def out(self) -> Var:
@@ -232,7 +235,7 @@ class Graph:
             params = f"[{params}]" if params else ""
             ins = " ".join(names(v) for v in n.inputs)
             outs = " ".join(f"{names(v)}:{v.type_str}" for v in n.outs)
-            flag = "  # no_grad" if n.no_grad else ""
+            flag = "  # no_grad" if n.no_grad else "  # no_fwd_grad" if n.no_fwd_grad else ""
             head = "  let " if i == 0 else "      "
             lines.append(f"{head}{outs} = {n.prim.name}{params} {ins}{flag}".rstrip())
         lines.append(f"  in ({', '.join(names(v) for v in self.outputs)}) }}")
@@ -303,14 +306,18 @@ class Builder:
     def __exit__(self, *exc) -> None:
         _local.builders.pop()
 
-    def emit(self, prim, inputs: list[Var], *, no_grad: bool = False, **params) -> Var | tuple[Var, ...]:
+    def emit(
+        self, prim, inputs: list[Var], *, no_grad: bool = False, no_fwd_grad: bool = False, **params
+    ) -> Var | tuple[Var, ...]:
         """Appends prim(inputs) and returns its output var (a tuple for multi-output primitives)."""
         avals = prim.shape_rule(*[(v.shape, v.dtype) for v in inputs], **params)
         multi = prim.multiple_results
         outs = tuple(Var(s, d) for s, d in avals) if multi else (Var(*avals),)
         if self.track_grad_mode and not torch.is_grad_enabled():
             no_grad = True
-        self.nodes.append(Node(prim, list(inputs), params, outs, no_grad=no_grad))
+        if self.track_grad_mode and not torch._C._is_fwd_grad_enabled():
+            no_fwd_grad = True
+        self.nodes.append(Node(prim, list(inputs), params, outs, no_grad=no_grad, no_fwd_grad=no_fwd_grad))
         return outs if multi else outs[0]
 
     def const(self, t: torch.Tensor) -> Var:

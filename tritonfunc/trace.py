@@ -882,7 +882,7 @@ def inline(b: TraceBuilder, graph: Graph, inputs: list) -> list[Tracer]:
         else:
             env[v] = _as_vars(b, t)
     for n in graph.nodes:
-        outs = b.emit(n.prim, [env[v] for v in n.inputs], no_grad=n.no_grad, **n.params)
+        outs = b.emit(n.prim, [env[v] for v in n.inputs], no_grad=n.no_grad, no_fwd_grad=n.no_fwd_grad, **n.params)
         env.update(zip(n.outs, outs if n.prim.multiple_results else (outs,)))
     b.checks.extend(op.renamed(env) for op in graph.checks)
     return [Tracer(b, env[v]) for v in graph.outputs]
@@ -951,8 +951,8 @@ def trace(
     targs, tkwargs = pytree.tree_unflatten(wrapped, in_spec)
     stack.append(b)
     try:
-        # A no_grad around the transform does not reach inside it.
-        with torch.enable_grad(), _TracingMode():
+        # A no_grad (or disabled forward AD) around the transform does not reach inside it.
+        with torch.enable_grad(), torch.autograd.forward_ad._set_fwd_grad_enabled(True), _TracingMode():
             out = fn(*targs, **tkwargs)
     finally:
         stack.pop()

@@ -128,7 +128,9 @@ class _Copier:
         self.graph = graph
 
     def copy(self, node: Node) -> tuple[Var, ...]:
-        outs = self.b.emit(node.prim, [self.env[v] for v in node.inputs], no_grad=node.no_grad, **node.params)
+        outs = self.b.emit(
+            node.prim, [self.env[v] for v in node.inputs], no_grad=node.no_grad, no_fwd_grad=node.no_fwd_grad, **node.params
+        )
         outs = outs if node.prim.multiple_results else (outs,)
         self.env.update(zip(node.outs, outs))
         return outs
@@ -141,9 +143,9 @@ class _Copier:
 
 
 def _carries_derivative(node: Node, out: Var, forward: bool = False) -> bool:
-    """Whether a node's output has a derivative.  Reverse mode obeys the user's no_grad blocks;
-    forward mode, like torch's forward AD, does not."""
-    if node.no_grad and not forward:
+    """Whether a node's output has a derivative.  Reverse mode obeys the user's no_grad blocks,
+    forward mode the blocks with forward AD disabled, as torch's two modes do."""
+    if node.no_fwd_grad if forward else node.no_grad:
         return False
     return not node.prim.nondiff and _differentiable(out)
 
@@ -266,7 +268,7 @@ def vmap_graph(
                 outs = b.emit(node.prim, ins, **node.params)
                 now_batched = False
             for emitted in b.nodes[start:]:
-                emitted.no_grad = node.no_grad
+                emitted.no_grad, emitted.no_fwd_grad = node.no_grad, node.no_fwd_grad
             outs = outs if node.prim.multiple_results else (outs,)
             for v, o in zip(node.outs, outs):
                 env[v] = o
