@@ -269,30 +269,6 @@ def test_escaped_tracer_raises():
 # Kernel caching.
 
 
-def test_kernels_are_cached_per_graph_and_shape(interpreter):
-    """Same graph and strides: no new executable or kernel source; a new shape builds a new one."""
-    f = tritonfunc.jit(lambda x: (x * 1.234567 - 7.654321).sin())
-    f(make(5, 3))
-    executables = len(runtime._EXECUTABLES)
-    with tritonfunc.record_launches() as first:
-        f(make(5, 3, seed=1))
-    assert len(runtime._EXECUTABLES) == executables
-    with tritonfunc.record_launches() as other_shape:
-        f(make(7, 3))
-    assert len(runtime._EXECUTABLES) == executables + 1
-    assert other_shape.launches[0].source != first.launches[0].source
-
-
-def test_cache_distinguishes_strides(interpreter):
-    """A transposed input has other strides: it gets its own kernel, and both stay correct."""
-    f = lambda x: x * 2.71828 + 1  # noqa: E731
-    x = make(6, 6)
-    check(f, x)
-    executables = len(runtime._EXECUTABLES)
-    check(f, x.t())
-    assert len(runtime._EXECUTABLES) == executables + 1
-
-
 def test_cache_distinguishes_constants(interpreter):
     """Two functions that differ only in a Python constant do not share a kernel."""
     x = make(4, 8)

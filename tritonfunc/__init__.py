@@ -10,6 +10,7 @@ with the primitives (and all their rules) in primitives.py and the graph in grap
 from torch.func import functional_call, stack_module_state
 
 from .api import explain, grad, grad_and_value, hessian, jacfwd, jacrev, jit, jvp, linearize, vjp, vmap
+from .cache import cache_info, clear_caches, set_cache
 from .runtime import record_launches, set_backend
 
 __all__ = [
@@ -28,5 +29,8 @@ __all__ = [
     "explain",
     "record_launches",
     "set_backend",
+    "cache_info",
+    "clear_caches",
+    "set_cache",
 ]
 __version__ = "0.1.0"

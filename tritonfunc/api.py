@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-from . import fallback, runtime
+from . import cache, fallback, runtime
 from .graph import Graph, Seed, bind_consts
+from .guards import RECIPE
 from .schedule import KernelStep
 from .trace import TENSOR, Traced, Tracer, inline, innermost_builder, memory_overlaps, trace, trace_stack
 from .transforms import RANDOMNESS, jvp_graph, vjp_graph, vmap_graph
@@ -65,16 +66,20 @@ def _outputs_only(graph: Graph, start: int, stop: int | None = None) -> Graph:
 # Writing back what the function changed in place.
 
 
-def _write_back(traced: Traced, inputs: list[torch.Tensor], values: list, replay=None) -> None:
+def _write_back(traced: Traced, inputs: list[torch.Tensor], values: list, replay=None, targets=None) -> None:
     """Copies the new values of the tensors the traced function wrote (`values`, in the order of
     `traced.writes`) into the caller's tensors (`inputs`, the trace's tensor arguments, or the
     captured tensor itself), then replays in-place metadata changes (x.t_()) on them.  Inside an
     enclosing trace the copy is an in-place op of that trace.  `replay(position, op, args, kwargs)`
-    replaces the metadata replay (vmap's is per example)."""
+    replaces the metadata replay (vmap's is per example); `targets`, the tensor each write goes to
+    (a cached call finds its captured tensors anew)."""
     _check_unaliased(traced, inputs)
     values = iter(values)
-    for w in traced.writes:
-        target = inputs[w.target] if isinstance(w.target, int) else w.target
+    for k, w in enumerate(traced.writes):
+        if targets is not None:
+            target = targets[k]
+        else:
+            target = inputs[w.target] if isinstance(w.target, int) else w.target
         if w.changed:
             _copy_into(target, next(values))
         for step in w.metadata:
@@ -126,24 +131,32 @@ def _alias_inputs(traced: Traced, outs: list, tensors: list[torch.Tensor]) -> li
 # jit and explain: the forward alone.
 
 
+class _Transform:
+    """What a call of a transform is, for the trace cache: its name, parameters and function."""
+
+    def __init__(self, name: str, params: tuple, func: Callable):
+        setattr(self, RECIPE, (name, repr(params), func))
+
+
+def _transform(name: str, params: tuple, func: Callable, impl: Callable) -> Callable:
+    """The public wrapper of a transform: `impl` (its body, which works on real tensors and, nested
+    in another transform, on tracers) called through the trace cache (cache.py)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return cache.call(wrapper, impl, args, kwargs)
+
+    setattr(wrapper, RECIPE, (name, repr(params), func))  # repr: hashable, whatever the user passed
+    return wrapper
+
+
 def jit(fn: Callable) -> Callable:
-    """Traces `fn` at each call, fuses it into Triton kernels and runs them.
+    """Traces `fn` once per kind of call, fuses it into Triton kernels and runs them.
 
     Tensor arguments (in any pytree) are inputs; tensors the function captures are read at each
-    call, so a closure never sees stale values.  Kernels are cached by graph and strides.
+    call (guarded, see cache.py), so a closure never sees stale values.
     """
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        tensors = _tensor_leaves((args, kwargs))
-        traced = trace(fn, args, kwargs, device=_device_of(tensors))
-        results = run_graph(traced.graph, tensors)
-        n = traced.num_outputs
-        _write_back(traced, tensors, results[n:])
-        outs = iter(_alias_inputs(traced, results[:n], tensors))
-        return pytree.tree_unflatten([next(outs) if s is TENSOR else s for s in traced.statics], traced.out_spec)
-
-    return wrapper
+    return _transform("jit", (), fn, fn)
 
 
 def explain(fn: Callable) -> Callable[..., str]:
@@ -153,7 +166,8 @@ def explain(fn: Callable) -> Callable[..., str]:
     def explained(*args, **kwargs) -> str:
         tensors = _tensor_leaves((args, kwargs))
         device = _device_of(tensors)
-        graph = trace(fn, args, kwargs, device=device).graph
+        traced = trace(fn, args, kwargs, device=device)
+        graph = traced.graph
         program = runtime.program_for(graph, tensors + bind_consts(graph.const_values, device, placeholder_seeds=True))
         kernels = len(program.kernel_steps)
         parts = [
@@ -173,6 +187,7 @@ def explain(fn: Callable) -> Callable[..., str]:
                 ]
             else:
                 parts += ["", f"## step {i}: torch call (not fused) {runtime.describe_torch_call(step.node)}"]
+        parts += ["", "# cache", *cache.report(fn, args, kwargs, traced)]
         return "\n".join(parts)
 
     return explained
@@ -336,8 +351,7 @@ def _vjp(func: Callable, primals: tuple, has_aux: bool, compute_output: bool):
 def _grad_transform(func: Callable, argnums, has_aux: bool, with_value: bool) -> Callable:
     api = "grad_and_value(f)(*args)"
 
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
+    def impl(*args, **kwargs):
         selected = _check_argnums(argnums, len(args))
         diff_args = args[selected] if isinstance(selected, int) else tuple(args[i] for i in selected)
         _check_tensor_leaves(diff_args)
@@ -374,7 +388,7 @@ def _grad_transform(func: Callable, argnums, has_aux: bool, with_value: bool) ->
             return (grad, (value, aux)) if has_aux else (grad, value)
         return (grad, aux) if has_aux else grad
 
-    return wrapper
+    return _transform("grad_and_value" if with_value else "grad", (argnums, has_aux), func, impl)
 
 
 def grad_and_value(func: Callable, argnums: argnums_t = 0, has_aux: bool = False) -> Callable:
@@ -418,6 +432,13 @@ def _trace_forward(func: Callable, primals: tuple, has_aux: bool, api: str):
 
 def jvp(func: Callable, primals: Any, tangents: Any, *, strict: bool = False, has_aux: bool = False):
     """Returns (func(*primals), J @ tangents), or a 3-tuple with aux."""
+    if not isinstance(primals, tuple):
+        raise RuntimeError(f"{_JVP}: Expected primals to be a tuple. E.g. it should be valid to call f(*primals).")
+    impl = functools.partial(_jvp, func, strict=strict, has_aux=has_aux)
+    return cache.call(_Transform("jvp", (strict, has_aux), func), impl, (primals, tangents), {})
+
+
+def _jvp(func: Callable, primals: Any, tangents: Any, *, strict: bool, has_aux: bool):
     if not isinstance(primals, tuple):
         raise RuntimeError(f"{_JVP}: Expected primals to be a tuple. E.g. it should be valid to call f(*primals).")
     flat_primals, primals_spec = pytree.tree_flatten(primals)
@@ -606,7 +627,8 @@ def _vmap_once(func, size, flat_in_dims, flat_args, args_spec, out_dims, randomn
     batched += [False] * len(_tensor_leaves(kwargs))
     t = trace(func, pytree.tree_unflatten(examples, args_spec), kwargs, device=device, api="vmap")
     out_spec, statics, n_fn = t.out_spec, t.statics, t.num_outputs
-    level = len(trace_stack()) + 1  # torch.func counts every transform around this one
+    # torch.func counts every transform around this one (not the trace of a whole call, cache.py)
+    level = sum(1 for s in trace_stack() if s.api != "call") + 1
     batched_graph, out_batched = vmap_graph(t.graph, batched, size, randomness, level)
     inputs = moved + _tensor_leaves(kwargs)
     values = run_graph(batched_graph, inputs)
@@ -668,16 +690,23 @@ def vmap(
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"vmap: chunk_size should be None or greater than 0. (got {chunk_size})")
 
-    @functools.wraps(func)
-    def wrapped(*args, **kwargs):
+    def impl(*args, **kwargs):  # one vmap over the whole batch
         _check_out_dims(out_dims, func)
         size, flat_in_dims, flat_args, args_spec = _process_batched_inputs(in_dims, args, func)
-        inside_trace = innermost_builder(flat_args + _tensor_leaves(kwargs)) is not None
-        if chunk_size is None or size == 0 or inside_trace:
-            return _vmap_once(func, size, flat_in_dims, flat_args, args_spec, out_dims, randomness, kwargs)
-        return _vmap_chunked(func, size, flat_in_dims, flat_args, args_spec, out_dims, randomness, kwargs)
+        return _vmap_once(func, size, flat_in_dims, flat_args, args_spec, out_dims, randomness, kwargs)
 
-    def _vmap_chunked(func, size, flat_in_dims, flat_args, args_spec, out_dims, randomness, kwargs):
+    whole = _transform("vmap", (in_dims, out_dims, randomness), func, impl)
+    if chunk_size is None:
+        return whole
+
+    @functools.wraps(func)
+    def chunked(*args, **kwargs):
+        """Runs the whole-batch vmap (one cached Program per chunk shape) on each chunk.  Nested in
+        another transform, the batch is one: its kernels' grid covers it."""
+        _check_out_dims(out_dims, func)
+        size, flat_in_dims, flat_args, args_spec = _process_batched_inputs(in_dims, args, func)
+        if size == 0 or innermost_builder(flat_args + _tensor_leaves(kwargs)) is not None:
+            return whole(*args, **kwargs)
         sizes = [chunk_size] * (size // chunk_size) + ([size % chunk_size] if size % chunk_size else [])
         bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
         rng_state = torch.get_rng_state() if randomness == "same" else None
@@ -686,7 +715,7 @@ def vmap(
             if rng_state is not None:  # "same": every chunk sees the same draws
                 torch.set_rng_state(rng_state)
             chunk = [a if d is None else a.narrow(d, lo, hi - lo) for a, d in zip(flat_args, flat_in_dims)]
-            outputs.append(_vmap_once(func, hi - lo, flat_in_dims, chunk, args_spec, out_dims, randomness, kwargs))
+            outputs.append(whole(*pytree.tree_unflatten(chunk, args_spec), **kwargs))
         flat_chunks = [pytree.tree_flatten(o)[0] for o in outputs]
         out_spec = pytree.tree_flatten(outputs[0])[1]
         flat_dims = _flat_out_dims(out_dims, out_spec, func)
@@ -695,7 +724,8 @@ def vmap(
         ]
         return pytree.tree_unflatten(merged, out_spec)
 
-    return wrapped
+    setattr(chunked, RECIPE, ("vmap", repr((in_dims, out_dims, randomness, chunk_size)), func))
+    return chunked
 
 
 # ---------------------------------------------------------------------------------------------
@@ -735,8 +765,7 @@ def jacrev(
     if not (chunk_size is None or chunk_size > 0):
         raise ValueError("jacrev: `chunk_size` should be greater than 0.")
 
-    @functools.wraps(func)
-    def wrapper_fn(*args):
+    def impl(*args):
         selected = _check_argnums(argnums, len(args))
         diff = tuple(args[i] for i in _as_tuple(selected))
         _check_real(pytree.tree_leaves(diff), "jacrev", "inputs")
@@ -766,14 +795,13 @@ def jacrev(
         jac = pytree.tree_unflatten(jac, out_spec)
         return (jac, result[2]) if has_aux else jac
 
-    return wrapper_fn
+    return _transform("jacrev", (argnums, has_aux, chunk_size), func, impl)
 
 
 def jacfwd(func: Callable, argnums: argnums_t = 0, has_aux: bool = False, *, randomness: str = "error") -> Callable:
     """The Jacobian by forward mode: vmap of jvp over the input basis."""
 
-    @functools.wraps(func)
-    def wrapper_fn(*args):
+    def impl(*args):
         selected = _check_argnums(argnums, len(args))
         diff = tuple(args[i] for i in _as_tuple(selected))
         _check_tensor_leaves(diff, differentiated=False)
@@ -802,7 +830,7 @@ def jacfwd(func: Callable, argnums: argnums_t = 0, has_aux: bool = False, *, ran
             return jac, pytree.tree_map(lambda a: a[0], aux)
         return jac
 
-    return wrapper_fn
+    return _transform("jacfwd", (argnums, has_aux, randomness), func, impl)
 
 
 def hessian(func: Callable, argnums: argnums_t = 0) -> Callable:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.func
 from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import _disable_current_modes
 
 from .graph import Var, current_builder
 from .primitives import OPAQUE, Primitive, check_rules, register
@@ -233,11 +234,13 @@ def aten_prim(func, seeded: bool = False, written: tuple[int, ...] = ()) -> Prim
         return run(list(tensors), call)
 
     def shape_rule(*avals, call: Call):
-        metas = [torch.empty(s, dtype=d, device="meta") for s, d in avals]
-        try:
-            outs = run(metas, call)
-        except NotImplementedError:  # no meta kernel (binomial): small real tensors tell the shapes
-            outs = run(_stand_ins(metas), call)
+        # Outside any trace's dispatch mode: these are real meta tensors, not traced factories.
+        with _disable_current_modes():
+            metas = [torch.empty(s, dtype=d, device="meta") for s, d in avals]
+            try:
+                outs = run(metas, call)
+            except NotImplementedError:  # no meta kernel (binomial): small real tensors tell the shapes
+                outs = run(_stand_ins(metas), call)
         return [(tuple(x.shape), x.dtype) for x in outs]
 
     random = torch.Tag.nondeterministic_seeded in func.tags

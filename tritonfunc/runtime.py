@@ -31,6 +31,7 @@ import threading
 import time
 import types
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -428,7 +429,11 @@ def build(graph: Graph, inputs: list[torch.Tensor], interpret: bool) -> Executab
     return Executable(program, kernels, free_after, interpret)
 
 
-_EXECUTABLES: dict[tuple, Executable] = {}
+# Executables of graphs run outside the trace cache (a vjp_fn's backward, a graph traced anew
+# at every call): by graph object first, then by graph text, bounded.
+_BY_GRAPH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_EXECUTABLES: collections.OrderedDict[tuple, Executable] = collections.OrderedDict()
+MAX_EXECUTABLES = 256
 
 
 def evaluate(graph: Graph, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -445,10 +450,30 @@ def evaluate(graph: Graph, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def executable_for(graph: Graph, inputs: list[torch.Tensor], backend: str) -> Executable:
-    key = (graph.pretty(), tuple((tuple(t.stride()), t.device.type) for t in inputs), backend)
-    if key not in _EXECUTABLES:
-        _EXECUTABLES[key] = build(graph, inputs, interpret=(backend == "interpreter"))
-    return _EXECUTABLES[key]
+    layout = (tuple((tuple(t.stride()), t.device.type) for t in inputs), backend)
+    mine = _BY_GRAPH.setdefault(graph, {})
+    if layout in mine:
+        return mine[layout]
+    key = (graph.pretty(), layout)
+    with _load_lock:
+        executable = _EXECUTABLES.get(key)
+        if executable is None:
+            executable = build(graph, inputs, interpret=(backend == "interpreter"))
+            _EXECUTABLES[key] = executable
+            while len(_EXECUTABLES) > MAX_EXECUTABLES:
+                _EXECUTABLES.popitem(last=False)
+        _EXECUTABLES.move_to_end(key)
+    mine[layout] = executable
+    return executable
+
+
+def clear() -> None:
+    """Drops every executable and loaded kernel (the sources on disk stay)."""
+    with _load_lock:
+        _BY_GRAPH.clear()
+        _EXECUTABLES.clear()
+        _MODULES.clear()
+        GENERATED.clear()
 
 
 def execute(graph: Graph, inputs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:

@@ -70,6 +70,8 @@ class TraceBuilder(Builder):
         self.api = api
         self.captured: dict[int, Tracer] = {}  # id(captured tensor) -> the tracer standing for it
         self.local: dict[int, torch.Tensor] = {}  # id -> real tensor made inside the function
+        # id(real tensor computed from captured ones outside the graph) -> (it, its traced shadow)
+        self.shadow: dict[int, tuple[torch.Tensor, Tracer]] = {}
 
 
 _local = threading.local()
@@ -257,6 +259,10 @@ def _as_vars(b: TraceBuilder, tree):
         if isinstance(x, torch.Tensor):
             if id(x) in b.captured:
                 return b.captured[id(x)]._var
+            for owner in reversed(trace_stack()):  # computed from captured tensors: its shadow
+                shadow = owner.shadow.get(id(x))
+                if shadow is not None and shadow[0] is x:
+                    return shadow[1]._var if owner is b else b.const(shadow[1])
             _check_real_dtype(x, "a captured tensor")
             if b.captured:
                 _check_not_stale(b, x)
@@ -369,6 +375,39 @@ def _write_updates(b: TraceBuilder, func, args, kwargs, updates: dict) -> None:
         write(b, target, value)
 
 
+def _made() -> dict:
+    """The real tensors made inside the functions traced by this thread's outermost trace from
+    Python values alone (torch.tensor(...)), by id: constants a cached call may keep."""
+    if not hasattr(_local, "made"):
+        _local.made = {}
+    return _local.made
+
+
+def _is_made(x: torch.Tensor) -> bool:
+    return _made().get(id(x)) is x
+
+
+def _shadow(b: TraceBuilder, func, args, kwargs, out) -> None:
+    """Traces `func(*args, **kwargs)`, which just ran on real tensors read from outside the function
+    (captured, or computed from captured ones), on tracers standing for them; the results' tracers
+    are their shadows, which the graph uses wherever the real results reach it."""
+
+    def stand_in(x):
+        if isinstance(x, torch.Tensor) and not isinstance(x, Tracer):
+            shadow = b.shadow.get(id(x))
+            return shadow[1] if shadow is not None and shadow[0] is x else Tracer(b, b.const(x))
+        return x
+
+    shadow_args, shadow_kwargs = pytree.tree_map(stand_in, (args, kwargs))
+    try:
+        shadows = func(*shadow_args, **shadow_kwargs)
+    except Exception:  # noqa: BLE001  (no shadow: a graph using the result cannot be cached)
+        return
+    for real, shadow in zip(pytree.tree_leaves(out), pytree.tree_leaves(shadows)):
+        if isinstance(real, torch.Tensor) and isinstance(shadow, Tracer):
+            b.shadow[id(real)] = (real, shadow)
+
+
 def _decomposing() -> set:
     """The ops this thread is decomposing right now."""
     if not hasattr(_local, "decomposing"):
@@ -428,6 +467,15 @@ def _replay(b: TraceBuilder, var: Var, chain: tuple[ViewStep, ...]) -> Var:
             out = lowering_for(step.func)(b, out_meta, var, *step.args, **step.kwargs)
         var = out[step.index] if step.index is not None else out
     return var
+
+
+def replay_view(tensor: torch.Tensor, chain: tuple[ViewStep, ...]) -> torch.Tensor:
+    """The same view ops applied to a real tensor: what the traced function returned, as a view of
+    the caller's tensor."""
+    for step in chain:
+        out = step.func(tensor, *step.args, **step.kwargs)
+        tensor = out[step.index] if step.index is not None else out
+    return tensor
 
 
 # ---------------------------------------------------------------------------------------------
@@ -780,6 +828,8 @@ class _TracingMode(TorchDispatchMode):
         random = torch.Tag.nondeterministic_seeded in func.tags and lowering_for(func) is None
         factory = func.overloadpacket in FACTORIES and kwargs.get("layout") in (None, torch.strided)
         leaves = pytree.tree_leaves((args, kwargs))
+        if _on_meta(leaves, kwargs):  # shapes only: tritonfunc's own work, under an enclosing trace's mode
+            return func(*args, **kwargs)
         if random or factory:
             return self._draw_or_make(func, args, kwargs, random, leaves)
         if any(isinstance(x, Tracer) for x in leaves):
@@ -798,12 +848,23 @@ class _TracingMode(TorchDispatchMode):
         if _writes_self(func) and isinstance(args[0], torch.Tensor) and not _is_local(args[0]):
             return _inplace(b, func, args, kwargs)  # a captured tensor: a write-back, or an error
         out = func(*args, **kwargs)
+        # A value computed here from captured tensors depends on their contents: it is traced too
+        # (its shadow), so a graph that uses it recomputes it from them at every call.
+        derived = func not in _LIFTS and any(isinstance(x, torch.Tensor) and not _is_made(x) for x in leaves)
+        if func in _DATA_DEPENDENT:
+            if derived:  # the trace now depends on a captured tensor's contents
+                _local.host_read = True
+            return out
         # A tensor made here is the function's own to mutate (a view only if its base is).
         fresh = func in _LIFTS or not getattr(func, "is_view", False) or _is_local(args[0])
-        if fresh:
-            for t in pytree.tree_leaves(out):
-                if isinstance(t, torch.Tensor):
+        for t in pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                if fresh:
                     b.local[id(t)] = t
+                if not derived:
+                    _made()[id(t)] = t
+        if derived:
+            _shadow(b, func, args, kwargs, out)
         return out
 
     def _draw_or_make(self, func, args, kwargs, random, leaves):
@@ -839,6 +900,13 @@ class _TracingMode(TorchDispatchMode):
             write(b, target, result)
             return target
         return _mark_like(b, func, args, _as_tracers(b, result))
+
+
+def _on_meta(leaves, kwargs) -> bool:
+    device = kwargs.get("device")
+    if device is not None and torch.device(device).type == "meta":
+        return True
+    return any(isinstance(x, torch.Tensor) and not isinstance(x, Tracer) and x.is_meta for x in leaves)
 
 
 _LIFTS = {aten.lift_fresh.default, aten.lift_fresh_copy.default}  # torch.tensor(data) inside the function
@@ -916,6 +984,15 @@ class Traced:
     statics: list  # per output leaf: TENSOR (a graph output) or the leaf itself
     writes: list[Write]
     returns_input: dict[int, int]  # output tensor index -> input position, for `return x.add_(1)`
+    # ids of the real tensors the function made from Python values while traced (torch.tensor(...)):
+    # constants that depend on nothing but the guarded values the function read.
+    made: frozenset[int] = frozenset()
+    # The function read a value computed from captured tensors on the host (.item(), bool()): what
+    # it traced depends on their contents.
+    host_read: bool = False
+    # output tensor index -> (input position, view chain): outputs that are views of an input, as
+    # torch returns them (`vmap(f)(x)` returning x's own rows, `x.t()`)
+    returns_view: dict = field(default_factory=dict)
 
     @property
     def num_outputs(self) -> int:
@@ -936,11 +1013,14 @@ def trace(
     if device is None:
         device = tensors[0].device if tensors else torch.device("cpu")
     stack = trace_stack()
+    if not stack:
+        _local.made, _local.host_read = {}, False
     b = TraceBuilder((stack[-1].level + 1) if stack else 0, torch.device(device), api=api)
     wrapped, inputs = [], []
     for x in leaves:
         if isinstance(x, torch.Tensor):
-            _check_real_dtype(x, "an input")
+            if api != "call":  # a whole call's transform checks its inputs in its own words
+                _check_real_dtype(x, "an input")
             v = Var(x.shape, x.dtype)
             b.inputs.append(v)
             t = Tracer(b, v, _Storage(v, origin=len(inputs), diff=diff[len(inputs)]))
@@ -957,12 +1037,15 @@ def trace(
     finally:
         stack.pop()
     out_leaves, out_spec = pytree.tree_flatten(out)
-    outputs, statics, returns_input = [], [], {}
+    outputs, statics, returns_input, returns_view = [], [], {}, {}
     for x in out_leaves:
         if isinstance(x, Tracer) and x._builder is b:
             for i, t in enumerate(inputs):
                 if x is t:
                     returns_input[len(outputs)] = i
+            origin = x._storage.origin
+            if isinstance(origin, int) and x._chain and x._lost is None and not inputs[origin]._chain:
+                returns_view[len(outputs)] = (origin, x._chain)
             outputs.append(x._var)
             statics.append(TENSOR)
         elif isinstance(x, torch.Tensor):
@@ -983,4 +1066,8 @@ def trace(
     for n in graph.nodes:
         if n.prim.strategy == P.OPAQUE:
             fallback.warn_not_fused(n.prim.name)
-    return Traced(graph, out_spec, statics, writes, returns_input)
+    made = frozenset(_made()) if not stack else frozenset()
+    host_read = getattr(_local, "host_read", False) if not stack else False
+    if not stack:
+        _local.made = {}  # hold no tensor past the trace
+    return Traced(graph, out_spec, statics, writes, returns_input, made, host_read, returns_view)

@@ -129,7 +129,11 @@ class _Copier:
 
     def copy(self, node: Node) -> tuple[Var, ...]:
         outs = self.b.emit(
-            node.prim, [self.env[v] for v in node.inputs], no_grad=node.no_grad, no_fwd_grad=node.no_fwd_grad, **node.params
+            node.prim,
+            [self.env[v] for v in node.inputs],
+            no_grad=node.no_grad,
+            no_fwd_grad=node.no_fwd_grad,
+            **node.params,
         )
         outs = outs if node.prim.multiple_results else (outs,)
         self.env.update(zip(node.outs, outs))

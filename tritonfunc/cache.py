@@ -1,0 +1,309 @@
+"""The call path: a transform's call is traced once, guarded, and replayed.
+
+A call of a tritonfunc transform on real tensors (`vmap(grad(f))(x)`, `jacrev(f)(x)`, `jit(f)(x)`)
+is traced *as a whole*: the transform's own body runs on tracers, the transforms inside it inline
+into the same trace, so the whole composition is one graph and one Program.  The result is cached
+under a key of everything that decides that Program:
+
+  - the transform stack and its parameters down to the user's function code (`guards.recipe_key`:
+    `vmap(grad(f))` rebuilt at every loop iteration still hits, since wrappers are keyed by what
+    they are, not by identity);
+  - the arguments' pytree structure; each tensor's shape, dtype, strides, device and
+    requires_grad; the value of each argument that is a number, string, bool, None, dtype or
+    device (other objects are guarded like captured values);
+  - grad mode, forward-AD mode, the default dtype, autocast, and the backend.
+
+Everything the function reads besides its arguments is guarded (guards.py): values compared at each
+call, captured tensors re-read at each call.  A call whose key matches and whose guards pass does a
+dictionary lookup, the guard checks, reads the captured tensors, draws its random seeds, and runs
+the Program: no tracing.  A guard that fails traces again (the new variant is kept beside the old,
+up to VARIANTS per key); a function whose reads cannot be guarded is traced at every call, never
+stale (`explain` says why).  Entries are bounded (least recently used first out) and hold no user
+object but code objects and classes: captured tensors are found anew at each call.
+
+Set TRITONFUNC_CACHE=0, or call `set_cache(enabled=False)`, to trace at every call.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import threading
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils import _pytree as pytree
+
+from . import guards as G
+from . import runtime
+from .graph import Seed, bind_consts
+from .trace import Traced, Tracer, replay_view, trace, trace_stack
+
+MAX_ENTRIES = 256  # cached calls kept, least recently used dropped first
+VARIANTS = 8  # traced variants kept per key (a guard that fails adds one)
+
+# Argument leaves hashed by value in the key (anything else is guarded as a root).
+KEY_SCALARS = (bool, int, float, str, type(None), torch.dtype, torch.device)
+
+
+@dataclass
+class Settings:
+    enabled: bool = os.environ.get("TRITONFUNC_CACHE", "1") != "0"
+    max_entries: int = MAX_ENTRIES
+
+
+SETTINGS = Settings()
+
+
+@dataclass
+class Stats:
+    hits: int = 0
+    misses: int = 0  # traced: a new key
+    retraces: int = 0  # traced: a known key whose guards failed
+    unguardable: int = 0  # traced: a function whose reads cannot be guarded
+
+
+STATS = Stats()
+
+
+@dataclass(eq=False)
+class Entry:
+    """One traced call: its Traced (graph, outputs, writes), its guards, and what to run."""
+
+    traced: Traced
+    guards: G.Guards | None  # None: unguardable, never replayed
+    reason: str | None  # why it is unguardable
+    consts: list  # per graph constant: ("source", i) re-read via guard i, ("made", tensor), ("seed", Seed)
+    writes: list  # per write: ("input", position) or ("const", position)
+    executables: dict = field(default_factory=dict)  # backend -> runtime.Executable
+
+
+_entries: collections.OrderedDict[tuple, list[Entry]] = collections.OrderedDict()
+_lock = threading.Lock()
+
+
+def set_cache(enabled: bool | None = None, max_entries: int | None = None) -> None:
+    """Turns the trace cache on or off, or bounds the number of cached calls."""
+    if enabled is not None:
+        SETTINGS.enabled = enabled
+    if max_entries is not None:
+        SETTINGS.max_entries = max_entries
+        with _lock:
+            _evict()
+
+
+def cache_info() -> dict:
+    """What the caches hold and how calls went: hits, misses, retraces, unguardable traces."""
+    with _lock:
+        entries = sum(len(v) for v in _entries.values())
+    return {
+        "enabled": SETTINGS.enabled,
+        "entries": entries,
+        "max_entries": SETTINGS.max_entries,
+        "hits": STATS.hits,
+        "misses": STATS.misses,
+        "retraces": STATS.retraces,
+        "unguardable": STATS.unguardable,
+        "loaded_kernels": len(runtime._MODULES),
+        "max_loaded_kernels": runtime.MAX_LOADED_KERNELS,
+    }
+
+
+def clear_caches() -> None:
+    """Drops every cached call, executable and loaded kernel (sources on disk stay)."""
+    with _lock:
+        _entries.clear()
+    runtime.clear()
+    STATS.hits = STATS.misses = STATS.retraces = STATS.unguardable = 0
+
+
+def _evict() -> None:
+    while sum(len(v) for v in _entries.values()) > SETTINGS.max_entries and _entries:
+        _entries.popitem(last=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The key.
+
+
+class _Uncached(Exception):
+    pass
+
+
+def _key(wrapper, leaves: list, spec, device: torch.device) -> tuple:
+    parts = []
+    for x in leaves:
+        if isinstance(x, torch.Tensor):
+            # tracers of an enclosing torch.func transform
+            if isinstance(x, Tracer) or torch._C._functorch.is_functorch_wrapped_tensor(x):
+                raise _Uncached
+            parts.append((x.shape, x.dtype, x.stride(), x.device, x.requires_grad))
+        elif type(x) in KEY_SCALARS:
+            parts.append((type(x), x))
+        else:
+            parts.append(type(x))
+    return (
+        G.recipe_key(wrapper),
+        spec,
+        tuple(parts),
+        torch.is_grad_enabled(),
+        torch._C._is_fwd_grad_enabled(),
+        torch.get_default_dtype(),
+        torch.is_autocast_enabled(),
+        runtime.backend_for(device),
+    )
+
+
+def _roots(wrapper, leaves: list) -> list:
+    """The user's functions, then the arguments that are neither tensors nor key scalars."""
+    objects = [x for x in leaves if not isinstance(x, torch.Tensor) and type(x) not in KEY_SCALARS]
+    return G.roots_of(wrapper) + objects
+
+
+# ---------------------------------------------------------------------------------------------
+# A call.
+
+
+def call(wrapper, impl, args: tuple, kwargs: dict):
+    """`impl(*args, **kwargs)`, the body of the transform `wrapper`, through the cache."""
+    if trace_stack():  # nested in another transform's trace: it inlines there
+        return impl(*args, **kwargs)
+    leaves, spec = pytree.tree_flatten((args, kwargs))
+    tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
+    device = tensors[0].device if tensors else torch.device("cpu")
+    try:
+        key = _key(wrapper, leaves, spec, device)
+    except _Uncached:
+        return impl(*args, **kwargs)
+    roots = _roots(wrapper, leaves)
+    if not SETTINGS.enabled:
+        return _run(_build(wrapper, impl, args, kwargs, device, roots), tensors, None, device)
+    with _lock:
+        variants = _entries.get(key)
+        if variants is not None:
+            _entries.move_to_end(key)
+            variants = list(variants)
+    for entry in variants or ():
+        values = entry.guards.resolve(roots) if entry.guards is not None else None
+        if values is not None:
+            STATS.hits += 1
+            return _run(entry, tensors, values, device)
+    entry = _build(wrapper, impl, args, kwargs, device, roots)
+    if variants:
+        STATS.retraces += 1
+    else:
+        STATS.misses += 1
+    if entry.guards is None:
+        STATS.unguardable += 1
+        values = None
+    else:
+        values = entry.guards.resolve(roots)
+        _forget_captured(entry)
+        with _lock:
+            _entries.setdefault(key, []).insert(0, entry)
+            del _entries[key][VARIANTS:]
+            _entries.move_to_end(key)
+            _evict()
+    return _run(entry, tensors, values, device)
+
+
+def _build(wrapper, impl, args, kwargs, device, roots) -> Entry:
+    traced = trace(impl, args, kwargs, device=device, api="call")
+    graph = traced.graph
+    tensor_consts = [c for c in graph.const_values if not isinstance(c, Seed)]
+    try:
+        if traced.host_read:
+            raise G.Unguardable("it reads a value computed from captured tensors on the host (.item(), bool())")
+        guards = G.discover(roots, tensor_consts, set(traced.made))
+        reason = None
+    except G.Unguardable as e:
+        guards, reason = None, str(e)
+    consts, ordinal = [], 0
+    for c in graph.const_values:
+        if isinstance(c, Seed):
+            consts.append(("seed", c))
+            continue
+        sourced = guards is not None and guards.sources[ordinal] >= 0
+        consts.append(("source", ordinal) if sourced else ("made", c))
+        ordinal += 1
+    writes = []
+    for w in traced.writes:
+        if isinstance(w.target, int):
+            writes.append(("input", w.target))
+        else:  # a captured tensor written back: found anew at each call, as the constant it is
+            position = next((i for i, c in enumerate(graph.const_values) if c is w.target), None)
+            if position is None and guards is not None:
+                guards, reason = None, "it writes a captured tensor it never reads"
+            writes.append(("const", position))
+    return Entry(traced, guards, reason, consts, writes)
+
+
+_CAPTURED = object()  # a write's target in a cached entry: the captured tensor is found at each call
+
+
+def _forget_captured(entry: Entry) -> None:
+    """A cached entry keeps no captured tensor alive: the graph's constants it re-reads become
+    meta placeholders (their shapes and dtypes), and so do the targets of its write-backs."""
+    graph = entry.traced.graph
+    graph.const_values = [
+        torch.empty(c.shape, dtype=c.dtype, device="meta") if kind == "source" else c
+        for c, (kind, _) in zip(graph.const_values, entry.consts)
+    ]
+    entry.traced.writes = [
+        w if isinstance(w.target, int) else dataclasses.replace(w, target=_CAPTURED) for w in entry.traced.writes
+    ]
+
+
+def report(fn, args: tuple, kwargs: dict, traced: Traced) -> list[str]:
+    """What a cached call of `fn` would guard, or why it is traced at every call (for explain)."""
+    leaves = pytree.tree_leaves((args, kwargs))
+    tensor_consts = [c for c in traced.graph.const_values if not isinstance(c, Seed)]
+    if not SETTINGS.enabled:
+        return ["the trace cache is off (TRITONFUNC_CACHE=0 or set_cache(enabled=False)): traced at every call"]
+    if traced.host_read:
+        return ["traced at every call: it reads a value computed from captured tensors on the host (.item(), bool())"]
+    try:
+        guards = G.discover(_roots(fn, leaves), tensor_consts, set(traced.made))
+    except G.Unguardable as e:
+        return [f"traced at every call: {e}"]
+    lines = [f"traced once per key, then replayed while {len(guards.guards)} guard(s) hold:"]
+    return lines + [f"  {line}" for line in guards.describe()]
+
+
+def _run(entry: Entry, tensors: list, values: list | None, device: torch.device):
+    """Runs the entry on this call's tensors; `values`: the current source tensors (None when the
+    entry is unguardable and runs once, on the constants its trace found)."""
+    from .api import _alias_inputs, _write_back  # the write-back rules live with the transforms
+
+    traced = entry.traced
+    graph = traced.graph
+    if values is None:
+        consts = list(graph.const_values)
+    else:
+        consts = []
+        for kind, what in entry.consts:
+            consts.append(values[what] if kind == "source" else what)
+    inputs = list(tensors) + bind_consts(consts, device)
+    backend = runtime.backend_for(device)
+    if backend == "torch":
+        results = runtime.evaluate(graph, inputs)
+    else:
+        executable = entry.executables.get(backend)
+        inputs = [t.detach() for t in inputs]
+        if executable is None:
+            executable = runtime.build(graph, inputs, interpret=backend == "interpreter")
+            entry.executables[backend] = executable
+        results = executable(inputs)
+    n = traced.num_outputs
+    if traced.writes:
+        targets = [tensors[what] if kind == "input" else consts[what] for kind, what in entry.writes]
+        _write_back(traced, tensors, results[n:], targets=targets)
+    outs = _alias_inputs(traced, results[:n], tensors)
+    for k, (position, chain) in traced.returns_view.items():
+        outs[k] = replay_view(tensors[position], chain)
+    outs = iter(outs)
+    return pytree.tree_unflatten([next(outs) if s is TENSOR else s for s in traced.statics], traced.out_spec)
+
+
+from .trace import TENSOR  # noqa: E402
