@@ -250,10 +250,14 @@ def test_in_place_writes_happen_at_every_replay(backend):
     assert counts() == (1, 1, 0)
 
 
+def _adds(big):
+    return tritonfunc.jit(lambda x: x + big)
+
+
 def test_the_cache_holds_no_captured_tensor(backend):
     big = torch.randn(64)
     gone = weakref.ref(big)
-    f = tritonfunc.jit(lambda x: x + big)
+    f = _adds(big)
     f(torch.zeros(64))
     del f, big
     gc.collect()

@@ -15,7 +15,6 @@ import torch
 from helpers import check
 
 import tritonfunc
-from tritonfunc import runtime
 
 
 def make(*shape, seed=0):
