@@ -297,3 +297,14 @@ def test_per_sample_losses_with_captured_model_parameters(backend):
         lin.weight.add_(0.5)
     assert_same(tritonfunc.vmap(tritonfunc.grad(loss))(x, t), torch.func.vmap(torch.func.grad(loss))(x, t))
     assert counts() == (1, 1, 0)
+
+
+def test_a_transform_called_alone_then_wrapped_keeps_its_own_key(backend):
+    """Wrapping a transform that was already called must not inherit what the cache noted on it."""
+    f = lambda x: (x.sin() * x).sum()  # noqa: E731
+    g = tritonfunc.grad(f)
+    x = make(3)
+    assert_same(g(x), torch.func.grad(f)(x))
+    xs = make(2, 3)
+    assert_same(tritonfunc.vmap(g)(xs), torch.func.vmap(torch.func.grad(f))(xs))
+    assert_same(tritonfunc.jacrev(g)(x), torch.func.jacrev(torch.func.grad(f))(x))

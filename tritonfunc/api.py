@@ -142,12 +142,18 @@ def _transform(name: str, params: tuple, func: Callable, impl: Callable) -> Call
     """The public wrapper of a transform: `impl` (its body, which works on real tensors and, nested
     in another transform, on tracers) called through the trace cache (cache.py)."""
 
-    @functools.wraps(func)
     def wrapper(*args, **kwargs):
         return cache.call(wrapper, impl, args, kwargs)
 
+    _named_like(wrapper, func)
     setattr(wrapper, RECIPE, (name, repr(params), func))  # repr: hashable, whatever the user passed
     return wrapper
+
+
+def _named_like(wrapper: Callable, func: Callable) -> None:
+    """functools.wraps without copying func's __dict__: a wrapped wrapper's cache memos
+    (cache._memo) must not become the outer wrapper's."""
+    functools.update_wrapper(wrapper, func, updated=())
 
 
 def jit(fn: Callable) -> Callable:
@@ -699,7 +705,6 @@ def vmap(
     if chunk_size is None:
         return whole
 
-    @functools.wraps(func)
     def chunked(*args, **kwargs):
         """Runs the whole-batch vmap (one cached Program per chunk shape) on each chunk.  Nested in
         another transform, the batch is one: its kernels' grid covers it."""
@@ -724,6 +729,7 @@ def vmap(
         ]
         return pytree.tree_unflatten(merged, out_spec)
 
+    _named_like(chunked, func)
     setattr(chunked, RECIPE, ("vmap", repr((in_dims, out_dims, randomness, chunk_size)), func))
     return chunked
 

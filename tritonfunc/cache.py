@@ -78,6 +78,11 @@ class Entry:
     writes: list  # per write: ("input", position) or ("const", position)
     executables: dict = field(default_factory=dict)  # backend -> runtime.Executable
 
+    def __post_init__(self):
+        t = self.traced
+        self.plain = not (t.writes or t.returns_input or t.returns_view)
+        self.single = self.plain and t.out_spec.is_leaf() and t.statics == [TENSOR]
+
 
 _entries: collections.OrderedDict[tuple, list[Entry]] = collections.OrderedDict()
 _lock = threading.Lock()
@@ -131,7 +136,7 @@ class _Uncached(Exception):
     pass
 
 
-def _key(wrapper, leaves: list, spec, device: torch.device) -> tuple:
+def _key(wrapper, leaves: list, spec, device: torch.device, backend: str) -> tuple:
     parts = []
     for x in leaves:
         if isinstance(x, torch.Tensor):
@@ -144,21 +149,49 @@ def _key(wrapper, leaves: list, spec, device: torch.device) -> tuple:
         else:
             parts.append(type(x))
     return (
-        G.recipe_key(wrapper),
+        _memo(wrapper, "__tritonfunc_key__", G.recipe_key),
         spec,
         tuple(parts),
         torch.is_grad_enabled(),
         torch._C._is_fwd_grad_enabled(),
         torch.get_default_dtype(),
         torch.is_autocast_enabled(),
-        runtime.backend_for(device),
+        backend,
     )
+
+
+def _flatten(tree, leaves: list):
+    """The common arguments (tensors, numbers, tuples and lists of them) flattened into `leaves`,
+    with a hashable structure, faster than pytree; None for anything else."""
+    kind = type(tree)
+    if kind is torch.Tensor or kind in KEY_SCALARS:
+        leaves.append(tree)
+        return kind
+    if kind is tuple or kind is list:
+        children = []
+        for x in tree:
+            spec = _flatten(x, leaves)
+            if spec is None:
+                return None
+            children.append(spec)
+        return (kind, *children)
+    return None
 
 
 def _roots(wrapper, leaves: list) -> list:
     """The user's functions, then the arguments that are neither tensors nor key scalars."""
     objects = [x for x in leaves if not isinstance(x, torch.Tensor) and type(x) not in KEY_SCALARS]
-    return G.roots_of(wrapper) + objects
+    return _memo(wrapper, "__tritonfunc_roots__", G.roots_of) + objects
+
+
+def _memo(wrapper, attribute: str, compute):
+    """compute(wrapper), kept on tritonfunc's own wrappers (what they wrap never changes)."""
+    value = getattr(wrapper, attribute, None)
+    if value is None:
+        value = compute(wrapper)
+        if hasattr(wrapper, G.RECIPE):
+            setattr(wrapper, attribute, value)
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,16 +202,20 @@ def call(wrapper, impl, args: tuple, kwargs: dict):
     """`impl(*args, **kwargs)`, the body of the transform `wrapper`, through the cache."""
     if trace_stack():  # nested in another transform's trace: it inlines there
         return impl(*args, **kwargs)
-    leaves, spec = pytree.tree_flatten((args, kwargs))
+    leaves = []
+    spec = None if kwargs else _flatten(args, leaves)
+    if spec is None:
+        leaves, spec = pytree.tree_flatten((args, kwargs))
     tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
     device = tensors[0].device if tensors else torch.device("cpu")
+    backend = runtime.backend_for(device)
     try:
-        key = _key(wrapper, leaves, spec, device)
+        key = _key(wrapper, leaves, spec, device, backend)
     except _Uncached:
         return impl(*args, **kwargs)
     roots = _roots(wrapper, leaves)
     if not SETTINGS.enabled:
-        return _run(_build(wrapper, impl, args, kwargs, device, roots), tensors, None, device)
+        return _run(_build(wrapper, impl, args, kwargs, device, roots), tensors, None, device, backend)
     with _lock:
         variants = _entries.get(key)
         if variants is not None:
@@ -188,7 +225,7 @@ def call(wrapper, impl, args: tuple, kwargs: dict):
         values = entry.guards.resolve(roots) if entry.guards is not None else None
         if values is not None:
             STATS.hits += 1
-            return _run(entry, tensors, values, device)
+            return _run(entry, tensors, values, device, backend)
     entry = _build(wrapper, impl, args, kwargs, device, roots)
     if variants:
         STATS.retraces += 1
@@ -205,7 +242,7 @@ def call(wrapper, impl, args: tuple, kwargs: dict):
             del _entries[key][VARIANTS:]
             _entries.move_to_end(key)
             _evict()
-    return _run(entry, tensors, values, device)
+    return _run(entry, tensors, values, device, backend)
 
 
 def _build(wrapper, impl, args, kwargs, device, roots) -> Entry:
@@ -271,11 +308,9 @@ def report(fn, args: tuple, kwargs: dict, traced: Traced) -> list[str]:
     return lines + [f"  {line}" for line in guards.describe()]
 
 
-def _run(entry: Entry, tensors: list, values: list | None, device: torch.device):
+def _run(entry: Entry, tensors: list, values: list | None, device: torch.device, backend: str):
     """Runs the entry on this call's tensors; `values`: the current source tensors (None when the
     entry is unguardable and runs once, on the constants its trace found)."""
-    from .api import _alias_inputs, _write_back  # the write-back rules live with the transforms
-
     traced = entry.traced
     graph = traced.graph
     if values is None:
@@ -285,7 +320,6 @@ def _run(entry: Entry, tensors: list, values: list | None, device: torch.device)
         for kind, what in entry.consts:
             consts.append(values[what] if kind == "source" else what)
     inputs = list(tensors) + bind_consts(consts, device)
-    backend = runtime.backend_for(device)
     if backend == "torch":
         results = runtime.evaluate(graph, inputs)
     else:
@@ -295,7 +329,14 @@ def _run(entry: Entry, tensors: list, values: list | None, device: torch.device)
             executable = runtime.build(graph, inputs, interpret=backend == "interpreter")
             entry.executables[backend] = executable
         results = executable(inputs)
+    if entry.plain:  # no write-backs or aliasing: the outputs as they are
+        if entry.single:
+            return results[0]
+        outs = iter(results)
+        return pytree.tree_unflatten([next(outs) if s is TENSOR else s for s in traced.statics], traced.out_spec)
     n = traced.num_outputs
+    from .api import _alias_inputs, _write_back  # the write-back rules live with the transforms
+
     if traced.writes:
         targets = [tensors[what] if kind == "input" else consts[what] for kind, what in entry.writes]
         _write_back(traced, tensors, results[n:], targets=targets)

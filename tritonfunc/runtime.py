@@ -49,22 +49,36 @@ from .schedule import KernelStep, Program  # noqa: E402
 
 BACKENDS = ("triton", "interpreter", "torch")
 _backend_override: str | None = None
+# TRITONFUNC_BACKEND and TRITON_INTERPRET, read when tritonfunc is imported and by set_backend(None)
+# (not at every call: a cached call costs microseconds).
+_environment: tuple[str | None, bool] = (None, False)
+
+
+def _read_environment() -> None:
+    global _environment
+    _environment = (os.environ.get("TRITONFUNC_BACKEND") or None, os.environ.get("TRITON_INTERPRET") == "1")
+
+
+_read_environment()
 
 
 def set_backend(name: str | None) -> None:
-    """Forces a backend for every later call ("triton", "interpreter", "torch"), or None for auto."""
+    """Forces a backend for every later call ("triton", "interpreter", "torch"), or None for the
+    default (which reads TRITONFUNC_BACKEND and TRITON_INTERPRET again)."""
     global _backend_override
     if name is not None and name not in BACKENDS:
         raise ValueError(f"tritonfunc: unknown backend {name!r}; expected one of {BACKENDS} or None")
     _backend_override = name
+    if name is None:
+        _read_environment()
 
 
 def backend_for(device: torch.device) -> str:
-    name = _backend_override or os.environ.get("TRITONFUNC_BACKEND") or None
+    name = _backend_override or _environment[0]
     if name is None or name == "auto":
         if device.type == "cuda":
             return "triton"
-        return "interpreter" if os.environ.get("TRITON_INTERPRET") == "1" else "torch"
+        return "interpreter" if _environment[1] else "torch"
     if name not in BACKENDS:
         raise ValueError(f"tritonfunc: unknown backend {name!r} in TRITONFUNC_BACKEND")
     if name == "triton" and device.type != "cuda":
@@ -336,63 +350,105 @@ def describe_torch_call(node) -> str:
     return f"{node.prim.name}{params} on ({ins}) -> {', '.join(v.type_str for v in node.outs)}"
 
 
-@dataclass
 class Executable:
-    program: Program
-    kernels: dict[int, object]  # step index -> loaded kernel
-    free_after: list[list[Var]]  # buffers no later step needs, per step
-    interpret: bool
+    """A Program with its kernels loaded, run on fresh inputs: a flat list of steps over numbered
+    buffer slots, so a call does little more than allocate outputs and launch."""
 
-    def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        graph = self.program.graph
-        env: dict[Var, torch.Tensor] = dict(zip(graph.inputs, inputs))
-        device = inputs[0].device if inputs else torch.device("cpu")
-        for i, (step, dead) in enumerate(zip(self.program.steps, self.free_after)):
-            start = time.perf_counter()
+    def __init__(self, program: Program, kernels: dict[int, object], interpret: bool):
+        self.program = program
+        self.interpret = interpret
+        graph = program.graph
+        slot: dict[Var, int] = {}
+        for v in graph.inputs:
+            slot.setdefault(v, len(slot))
+        for step in program.steps:
+            for v in step.outputs:
+                slot.setdefault(v, len(slot))
+        for v in graph.outputs:  # zero-size outputs: no step computes them
+            slot.setdefault(v, len(slot))
+        self.num_slots = len(slot)
+        self.num_inputs = len(graph.inputs)
+        keep = set(graph.outputs) | set(graph.inputs)
+        last_use: dict[Var, int] = {}
+        for i, step in enumerate(program.steps):
+            for v in step.inputs + step.outputs:
+                last_use[v] = i
+        self.steps = []
+        for i, step in enumerate(program.steps):
+            dead = [slot[v] for v, k in last_use.items() if k == i and v not in keep]
             if isinstance(step, KernelStep):
                 ks = step.source
-                for v in ks.args[ks.num_loads :]:
-                    env[v] = torch.empty(v.shape, dtype=v.dtype, device=device)
-                if ks.grid[0] > 0:
-                    self.launch(self.kernels[i], ks, [env[v] for v in ks.args])
-                    _record("kernel", ks.name, ks.grid, ks.bytes_read, ks.bytes_written, ks.source, start)
+                outs = [(slot[v], v.shape, v.dtype) for v in ks.args[ks.num_loads :]]
+                self.steps.append(("kernel", kernels[i], ks, [slot[v] for v in ks.args], outs, dead))
             else:
                 node = step.node
-                outs = node.prim.impl(*[env[v] for v in node.inputs], **node.params)
-                for v, t in zip(node.outs, outs):
-                    _check_opaque_result(node, v, t)
-                    # the kernels after it read intermediates as contiguous buffers
-                    env[v] = t if t.is_contiguous() else t.contiguous()
-                _record(
-                    "torch",
-                    node.prim.name,
-                    (),
-                    _nbytes(node.inputs),
-                    _nbytes(list(node.outs)),
-                    describe_torch_call(node),
-                    start,
-                )
-            for v in dead:
-                env.pop(v, None)
-        for v in graph.outputs:  # zero-size outputs: no kernel computes them
-            if v not in env:
-                env[v] = torch.empty(v.shape, dtype=v.dtype, device=device)
-        return _distinct([env[v] for v in graph.outputs])
+                out_slots = [slot[v] for v in node.outs]
+                self.steps.append(("torch", node, out_slots, [slot[v] for v in node.inputs], list(node.outs), dead))
+        self.outputs = [slot[v] for v in graph.outputs]
+        self.unset = [(slot[v], v.shape, v.dtype) for v in graph.outputs if v not in set(graph.inputs)]
+        self.compiled: dict[tuple, object] = {}  # (step, alignment of its pointers) -> compiled kernel
 
-    def launch(self, kernel, ks: KernelSource, args: list[torch.Tensor]) -> None:
+    def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        env: list = [None] * self.num_slots
+        env[: self.num_inputs] = inputs
+        device = inputs[0].device if inputs else torch.device("cpu")
+        records = _recorders()
+        stream = None if self.interpret or device.type != "cuda" else torch.cuda.current_stream(device).cuda_stream
+        for i, (kind, what, ks, reads, writes, dead) in enumerate(self.steps):
+            start = time.perf_counter() if records else 0.0
+            if kind == "kernel":
+                for k, shape, dtype in writes:
+                    env[k] = torch.empty(shape, dtype=dtype, device=device)
+                if ks.grid[0] > 0:
+                    self.launch(i, what, ks, [env[k] for k in reads], stream)
+                    if records:
+                        _record(records, "kernel", ks.name, ks.grid, ks.bytes_read, ks.bytes_written, ks.source, start)
+            else:
+                node = what
+                outs = node.prim.impl(*[env[k] for k in reads], **node.params)
+                for v, k, t in zip(writes, ks, outs):  # ks: the output slots of a torch step
+                    _check_opaque_result(node, v, t)
+                    env[k] = t if t.is_contiguous() else t.contiguous()  # kernels read buffers as contiguous
+                if records:
+                    read, written = _nbytes(node.inputs), _nbytes(list(node.outs))
+                    _record(records, "torch", node.prim.name, (), read, written, describe_torch_call(node), start)
+            for k in dead:
+                env[k] = None
+        for k, shape, dtype in self.unset:
+            if env[k] is None:
+                env[k] = torch.empty(shape, dtype=dtype, device=device)
+        return _distinct([env[k] for k in self.outputs])
+
+    def launch(self, i: int, kernel, ks: KernelSource, args: list[torch.Tensor], stream) -> None:
         if self.interpret:
             with _interpreter_lock:
                 kernel[ks.grid](*args, num_warps=ks.num_warps)
-        else:
-            kernel[ks.grid](*args, num_warps=ks.num_warps)
+            return
+        # A compiled kernel is specialised to its pointers' 16-byte alignment: one per pattern.
+        key = (i, tuple(t.data_ptr() % 16 == 0 for t in args))
+        compiled = self.compiled.get(key) if DIRECT_LAUNCH else None
+        if compiled is not None:
+            g = ks.grid
+            compiled.run(
+                g[0], g[1] if len(g) > 1 else 1, g[2] if len(g) > 2 else 1, stream,
+                compiled.function, compiled.packed_metadata, None, None, None, *args,
+            )  # fmt: skip
+            return
+        compiled = kernel[ks.grid](*args, num_warps=ks.num_warps)  # binds, compiles once, launches
+        if all(hasattr(compiled, a) for a in ("run", "function", "packed_metadata")):
+            self.compiled[key] = compiled
 
 
-def _record(kind, name, grid, read, written, source, start) -> None:
-    records = _recorders()
-    if records:
-        launch = Launch(kind, name, grid, read, written, source, time.perf_counter() - start)
-        for rec in records:
-            rec.launches.append(launch)
+# Launching a compiled kernel directly (its launcher, with the arguments as they are) skips
+# JITFunction.run's per-call argument binding (~10 us a launch).  TRITONFUNC_DIRECT_LAUNCH=0
+# goes through JITFunction.run every time.
+DIRECT_LAUNCH = os.environ.get("TRITONFUNC_DIRECT_LAUNCH", "1") != "0"
+
+
+def _record(records, kind, name, grid, read, written, source, start) -> None:
+    launch = Launch(kind, name, grid, read, written, source, time.perf_counter() - start)
+    for rec in records:
+        rec.launches.append(launch)
 
 
 def _check_opaque_result(node, v: Var, t) -> None:
@@ -420,13 +476,7 @@ def program_for(graph: Graph, inputs: list[torch.Tensor]) -> Program:
 def build(graph: Graph, inputs: list[torch.Tensor], interpret: bool) -> Executable:
     program = program_for(graph, inputs)
     kernels = {i: load_kernel(s.source, interpret) for i, s in enumerate(program.steps) if isinstance(s, KernelStep)}
-    keep = set(program.graph.outputs) | set(program.graph.inputs)
-    last_use: dict[Var, int] = {}
-    for i, step in enumerate(program.steps):
-        for v in step.inputs + step.outputs:
-            last_use[v] = i
-    free_after = [[v for v, i in last_use.items() if i == k and v not in keep] for k in range(len(program.steps))]
-    return Executable(program, kernels, free_after, interpret)
+    return Executable(program, kernels, interpret)
 
 
 # Executables of graphs run outside the trace cache (a vjp_fn's backward, a graph traced anew
