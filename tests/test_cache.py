@@ -308,3 +308,17 @@ def test_a_transform_called_alone_then_wrapped_keeps_its_own_key(backend):
     xs = make(2, 3)
     assert_same(tritonfunc.vmap(g)(xs), torch.func.vmap(torch.func.grad(f))(xs))
     assert_same(tritonfunc.jacrev(g)(x), torch.func.jacrev(torch.func.grad(f))(x))
+
+
+def test_vjp_and_linearize_replay_their_trace_and_see_captured_updates(backend):
+    w = make(5)
+    f = lambda x: (x.sin() * w).exp()  # noqa: E731
+    x, ct = make(5, seed=1), make(5, seed=2)
+    for _ in range(3):
+        out, vjp_fn = tritonfunc.vjp(f, x)
+        want_out, want_fn = torch.func.vjp(f, x)
+        assert_same((out, vjp_fn(ct)), (want_out, want_fn(ct)))
+        out, jvp_fn = tritonfunc.linearize(f, x)
+        assert_same((out, jvp_fn(ct)), torch.func.jvp(f, (x,), (ct,)))
+        w.mul_(1.5)
+    assert counts() == (4, 2, 0)

@@ -44,15 +44,15 @@ def run_graph(graph: Graph, args: list[torch.Tensor], consts: list | None = None
     return runtime.execute(graph, list(args) + bind_consts(consts, device), device)
 
 
-def _call_consts(graph: Graph, tensors: list) -> list:
+def _call_consts(const_values: list, tensors: list) -> list:
     """One call's constants, for the graphs derived from one trace that run separately (a forward
     and its vjp_fn): seeds drawn once, so they share their random draws.  Inside an enclosing
     trace they become seed inputs of it (drawn when it runs), held as its tracers: a vjp_fn later
     called inside a deeper transform replays those draws instead of drawing anew."""
-    b = innermost_builder(tensors + _tensor_leaves(graph.const_values))
+    b = innermost_builder(tensors + _tensor_leaves(const_values))
     if b is not None:
-        return [Tracer(b, b.seed(c)) if isinstance(c, Seed) else c for c in graph.const_values]
-    return bind_consts(graph.const_values, _device_of(_tensor_leaves((tensors, graph.const_values))))
+        return [Tracer(b, b.seed(c)) if isinstance(c, Seed) else c for c in const_values]
+    return bind_consts(const_values, _device_of(_tensor_leaves((tensors, const_values))))
 
 
 def _outputs_only(graph: Graph, start: int, stop: int | None = None) -> Graph:
@@ -313,10 +313,13 @@ def _vjp(func: Callable, primals: tuple, has_aux: bool, compute_output: bool):
         return (out, aux) if has_aux else out
 
     tensors = _tensor_leaves(primals)
-    t = trace(traced, primals, {}, device=_device_of(tensors), api="vjp", diff=[True] * len(tensors))
+    holder = _Transform("vjp", (has_aux,), func)
+    t, const_values, memo = cache.traced(holder, traced, primals, {}, api="vjp", diff=(True,) * len(tensors))
     graph, full_spec, n_fn = t.graph, t.out_spec, t.num_outputs
-    out_spec, n_out = spec_box["out"], spec_box["n_out"]
-    consts = _call_consts(graph, tensors)
+    if "out" not in memo:  # traced just now: what the function returned
+        memo["out"] = (spec_box["out"], spec_box["n_out"])
+    out_spec, n_out = memo["out"]
+    consts = _call_consts(const_values, tensors)
     if compute_output or has_aux or t.writes or innermost_builder(tensors + consts) is not None:
         results = run_graph(graph, tensors, consts)
     else:
@@ -325,8 +328,10 @@ def _vjp(func: Callable, primals: tuple, has_aux: bool, compute_output: bool):
     saved = _snapshot(t, tensors)
     _write_back(t, tensors, results[n_fn:])
     primals_out = pytree.tree_unflatten(results[:n_out], out_spec)
-    backward = vjp_graph(graph, [True] * len(tensors), ct_for=[True] * n_out + [False] * (len(results) - n_out))
-    backward = _outputs_only(backward, len(graph.outputs))
+    if "backward" not in memo:
+        backward = vjp_graph(graph, [True] * len(tensors), ct_for=[True] * n_out + [False] * (len(results) - n_out))
+        memo["backward"] = _outputs_only(backward, len(graph.outputs))
+    backward = memo["backward"]
     primal_specs = [pytree.tree_flatten(p)[1] for p in primals]
     out_avals = [(v.shape, v.dtype) for v in graph.outputs[:n_out]]
 
@@ -421,7 +426,8 @@ def _check_tensor_list(flat: list, api: str, argname: str) -> None:
             raise RuntimeError(f"{api}: Expected {argname} to only contain Tensors, got {type(x)}")
 
 
-def _trace_forward(func: Callable, primals: tuple, has_aux: bool, api: str):
+def _forward(func: Callable, has_aux: bool, api: str):
+    """func checked as jvp and linearize check it, and where its output's structure is noted."""
     spec_box = {}
 
     def traced(*args):
@@ -431,8 +437,12 @@ def _trace_forward(func: Callable, primals: tuple, has_aux: bool, api: str):
         spec_box["n_out"] = len(flat)
         return (out, aux) if has_aux else out
 
-    tensors = _tensor_leaves(primals)
-    t = trace(traced, primals, {}, device=_device_of(tensors), api="jvp")
+    return traced, spec_box
+
+
+def _trace_forward(func: Callable, primals: tuple, has_aux: bool, api: str):
+    traced, spec_box = _forward(func, has_aux, api)
+    t = trace(traced, primals, {}, device=_device_of(_tensor_leaves(primals)), api="jvp")
     return t, spec_box["out"], spec_box["n_out"]
 
 
@@ -494,15 +504,21 @@ def linearize(func: Callable, *primals) -> tuple[Any, Callable]:
     """Returns (func(*primals), jvp_fn) where jvp_fn(*tangents) is the JVP at primals."""
     _check_tensor_leaves(primals)
     flat_primals, primals_argspec = pytree.tree_flatten(primals)
-    t, out_spec, n_out = _trace_forward(func, primals, False, "linearize(f, *primals)")
+    traced, spec_box = _forward(func, False, "linearize(f, *primals)")
+    t, const_values, memo = cache.traced(_Transform("linearize", (), func), traced, primals, {}, api="jvp")
+    if "out" not in memo:  # traced just now: what the function returned
+        memo["out"] = (spec_box["out"], spec_box["n_out"])
+    out_spec, n_out = memo["out"]
     graph, n = t.graph, len(t.graph.outputs)
-    consts = _call_consts(graph, flat_primals)
+    consts = _call_consts(const_values, flat_primals)
     results = run_graph(graph, flat_primals, consts)
     saved = _snapshot(t, flat_primals)
     _write_back(t, flat_primals, results[n_out:])
     output = pytree.tree_unflatten(results[:n_out], out_spec)
-    forward, _ = jvp_graph(graph, [True] * len(flat_primals))
-    tangent_graph = _outputs_only(forward, n, n + n_out)
+    if "tangents" not in memo:
+        forward, _ = jvp_graph(graph, [True] * len(flat_primals))
+        memo["tangents"] = _outputs_only(forward, n, n + n_out)
+    tangent_graph = memo["tangents"]
 
     def jvp_fn(*tangents):
         flat_tangents, tangent_argspec = pytree.tree_flatten(tangents)

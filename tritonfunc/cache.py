@@ -77,6 +77,7 @@ class Entry:
     consts: list  # per graph constant: ("source", i) re-read via guard i, ("made", tensor), ("seed", Seed)
     writes: list  # per write: ("input", position) or ("const", position)
     executables: dict = field(default_factory=dict)  # backend -> runtime.Executable
+    memo: dict = field(default_factory=dict)  # what a caller derives from the trace (cache.traced)
 
     def __post_init__(self):
         t = self.traced
@@ -202,6 +203,30 @@ def call(wrapper, impl, args: tuple, kwargs: dict):
     """`impl(*args, **kwargs)`, the body of the transform `wrapper`, through the cache."""
     if trace_stack():  # nested in another transform's trace: it inlines there
         return impl(*args, **kwargs)
+    found = _lookup(wrapper, impl, args, kwargs, {"api": "call"})
+    if found is None:
+        return impl(*args, **kwargs)
+    entry, tensors, values, device, backend = found
+    return _run(entry, tensors, values, device, backend)
+
+
+def traced(holder, fn, args: tuple, kwargs: dict, **trace_kwargs) -> tuple[Traced, list, dict]:
+    """`trace(fn, args, kwargs, **trace_kwargs)` through the cache, for the transforms that return
+    functions (vjp's vjp_fn, linearize's jvp_fn) and so cannot be traced as a whole: the Traced,
+    this call's constants (seeds still to draw), and a memo kept with the entry for what the caller
+    derives from the trace (its backward graph, its output structure)."""
+    found = None if trace_stack() else _lookup(holder, fn, args, kwargs, trace_kwargs)
+    if found is None:
+        tensors = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
+        t = trace(fn, args, kwargs, device=tensors[0].device if tensors else None, **trace_kwargs)
+        return t, list(t.graph.const_values), {}
+    entry, tensors, values, device, backend = found
+    return entry.traced, _consts(entry, values), entry.memo
+
+
+def _lookup(wrapper, impl, args, kwargs, trace_kwargs):
+    """The cached entry for this call (tracing one if needed): (entry, tensors, the current source
+    values or None, device, backend); None where the call must not be cached at all."""
     leaves = []
     spec = None if kwargs else _flatten(args, leaves)
     if spec is None:
@@ -210,12 +235,12 @@ def call(wrapper, impl, args: tuple, kwargs: dict):
     device = tensors[0].device if tensors else torch.device("cpu")
     backend = runtime.backend_for(device)
     try:
-        key = _key(wrapper, leaves, spec, device, backend)
-    except _Uncached:
-        return impl(*args, **kwargs)
+        key = _key(wrapper, leaves, spec, device, backend) + tuple(sorted(trace_kwargs.items(), key=str))
+    except (_Uncached, TypeError):  # tracers of an enclosing torch.func transform; unhashable trace options
+        return None
     roots = _roots(wrapper, leaves)
     if not SETTINGS.enabled:
-        return _run(_build(wrapper, impl, args, kwargs, device, roots), tensors, None, device, backend)
+        return _build(impl, args, kwargs, device, roots, trace_kwargs), tensors, None, device, backend
     with _lock:
         variants = _entries.get(key)
         if variants is not None:
@@ -225,8 +250,8 @@ def call(wrapper, impl, args: tuple, kwargs: dict):
         values = entry.guards.resolve(roots) if entry.guards is not None else None
         if values is not None:
             STATS.hits += 1
-            return _run(entry, tensors, values, device, backend)
-    entry = _build(wrapper, impl, args, kwargs, device, roots)
+            return entry, tensors, values, device, backend
+    entry = _build(impl, args, kwargs, device, roots, trace_kwargs)
     if variants:
         STATS.retraces += 1
     else:
@@ -242,11 +267,11 @@ def call(wrapper, impl, args: tuple, kwargs: dict):
             del _entries[key][VARIANTS:]
             _entries.move_to_end(key)
             _evict()
-    return _run(entry, tensors, values, device, backend)
+    return entry, tensors, values, device, backend
 
 
-def _build(wrapper, impl, args, kwargs, device, roots) -> Entry:
-    traced = trace(impl, args, kwargs, device=device, api="call")
+def _build(impl, args, kwargs, device, roots, trace_kwargs) -> Entry:
+    traced = trace(impl, args, kwargs, device=device, **trace_kwargs)
     graph = traced.graph
     tensor_consts = [c for c in graph.const_values if not isinstance(c, Seed)]
     try:
@@ -292,6 +317,13 @@ def _forget_captured(entry: Entry) -> None:
     ]
 
 
+def _consts(entry: Entry, values: list | None) -> list:
+    """This call's constants: sources re-read, made tensors kept, seeds to draw."""
+    if values is None:  # an entry traced for this call alone: the constants it found
+        return list(entry.traced.graph.const_values)
+    return [values[what] if kind == "source" else what for kind, what in entry.consts]
+
+
 def report(fn, args: tuple, kwargs: dict, traced: Traced) -> list[str]:
     """What a cached call of `fn` would guard, or why it is traced at every call (for explain)."""
     leaves = pytree.tree_leaves((args, kwargs))
@@ -313,12 +345,7 @@ def _run(entry: Entry, tensors: list, values: list | None, device: torch.device,
     entry is unguardable and runs once, on the constants its trace found)."""
     traced = entry.traced
     graph = traced.graph
-    if values is None:
-        consts = list(graph.const_values)
-    else:
-        consts = []
-        for kind, what in entry.consts:
-            consts.append(values[what] if kind == "source" else what)
+    consts = _consts(entry, values)
     inputs = list(tensors) + bind_consts(consts, device)
     if backend == "torch":
         results = runtime.evaluate(graph, inputs)
