@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-from . import cache, fallback, runtime
+from . import cache, fallback, library, runtime
 from .graph import Graph, Seed, bind_consts
 from .guards import RECIPE
 from .schedule import KernelStep
@@ -143,8 +143,18 @@ def _transform(name: str, params: tuple, func: Callable, impl: Callable) -> Call
     in another transform, on tracers) called through the trace cache (cache.py)."""
 
     def wrapper(*args, **kwargs):
+        if torch.compiler.is_compiling() and not trace_stack():  # under torch.compile: one op (library.py)
+            if kwargs:
+                raise NotImplementedError("tritonfunc: under torch.compile, pass a transform's arguments by position")
+            return compiled(*args)
         return cache.call(wrapper, impl, args, kwargs)
 
+    if torch.compiler.is_compiling() and not trace_stack():
+        raise NotImplementedError(
+            "tritonfunc: create tritonfunc transforms outside the function torch.compile compiles (e.g. "
+            "`step = tritonfunc.vmap(tritonfunc.grad(loss))` first), then call them inside it"
+        )
+    compiled = torch.compiler.allow_in_graph(lambda *args: library.compiled_call(wrapper, impl, args))
     _named_like(wrapper, func)
     setattr(wrapper, RECIPE, (name, repr(params), func))  # repr: hashable, whatever the user passed
     return wrapper

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils import _pytree as pytree
 
+from . import autograd, runtime
 from . import guards as G
-from . import runtime
 from .graph import Seed, bind_consts
 from .trace import Traced, Tracer, replay_view, trace, trace_stack
 
@@ -51,6 +51,9 @@ KEY_SCALARS = (bool, int, float, str, type(None), torch.dtype, torch.device)
 class Settings:
     enabled: bool = os.environ.get("TRITONFUNC_CACHE", "1") != "0"
     max_entries: int = MAX_ENTRIES
+    # Replay each cached Program on CUDA as one CUDA graph (runtime.GraphReplay): opt-in, since it
+    # copies the inputs in and the outputs out.
+    cuda_graphs: bool = os.environ.get("TRITONFUNC_CUDA_GRAPHS") == "1"
 
 
 SETTINGS = Settings()
@@ -89,10 +92,13 @@ _entries: collections.OrderedDict[tuple, list[Entry]] = collections.OrderedDict(
 _lock = threading.Lock()
 
 
-def set_cache(enabled: bool | None = None, max_entries: int | None = None) -> None:
-    """Turns the trace cache on or off, or bounds the number of cached calls."""
+def set_cache(enabled: bool | None = None, max_entries: int | None = None, cuda_graphs: bool | None = None) -> None:
+    """Turns the trace cache on or off, bounds the number of cached calls, or makes cached calls on
+    CUDA replay CUDA graphs."""
     if enabled is not None:
         SETTINGS.enabled = enabled
+    if cuda_graphs is not None:
+        SETTINGS.cuda_graphs = cuda_graphs
     if max_entries is not None:
         SETTINGS.max_entries = max_entries
         with _lock:
@@ -205,9 +211,32 @@ def call(wrapper, impl, args: tuple, kwargs: dict):
         return impl(*args, **kwargs)
     found = _lookup(wrapper, impl, args, kwargs, {"api": "call"})
     if found is None:
-        return impl(*args, **kwargs)
+        return _under_torch_func(impl, args, kwargs)
     entry, tensors, values, device, backend = found
     return _run(entry, tensors, values, device, backend)
+
+
+def _under_torch_func(impl, args: tuple, kwargs: dict):
+    """A call on tensors of an enclosing torch.func transform (grad, vmap, jvp of a tritonfunc
+    function): traced on their shapes, then run as one autograd.Function whose derivative and
+    batching rules are tritonfunc's own (autograd.py), which torch.func applies.  Traced at every
+    call (such calls come from torch.func's own loops)."""
+    leaves, spec = pytree.tree_flatten((args, kwargs))
+    tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
+    if any(isinstance(x, Tracer) for x in tensors) or not tensors:
+        return impl(*args, **kwargs)
+    device = tensors[0].device
+    shapes = [torch.empty(x.shape, dtype=x.dtype, device="meta") if isinstance(x, torch.Tensor) else x for x in leaves]
+    placeholder_args, placeholder_kwargs = pytree.tree_unflatten(shapes, spec)
+    with torch._C._DisableFuncTorch():  # the trace is ours alone: torch.func must not wrap its tracers
+        t = trace(impl, placeholder_args, placeholder_kwargs, device=device, api="call")
+    if t.writes:
+        raise NotImplementedError(
+            "tritonfunc: a function that writes tensors in place cannot run under a torch.func transform"
+        )
+    inputs = tensors + bind_consts(list(t.graph.const_values), device)
+    results = iter(autograd.run(autograd.Call(t.graph), inputs))
+    return pytree.tree_unflatten([next(results) if s is TENSOR else s for s in t.statics], t.out_spec)
 
 
 def traced(holder, fn, args: tuple, kwargs: dict, **trace_kwargs) -> tuple[Traced, list, dict]:
@@ -317,6 +346,22 @@ def _forget_captured(entry: Entry) -> None:
     ]
 
 
+def _execute(entry: Entry, inputs: list, backend: str, replay: bool) -> list:
+    """The entry's Program on plain tensors (a CUDA graph replay of it, with `replay` on CUDA)."""
+    graph = entry.traced.graph
+    if backend == "torch":
+        return runtime.evaluate(graph, inputs)
+    replay = replay and backend == "triton"
+    executable = entry.executables.get("cuda_graph" if replay else backend)
+    inputs = [t.detach() for t in inputs]
+    if executable is None:
+        executable = entry.executables.get(backend) or runtime.build(graph, inputs, interpret=backend == "interpreter")
+        entry.executables[backend] = executable
+        if replay:
+            executable = entry.executables["cuda_graph"] = runtime.GraphReplay(executable, inputs)
+    return executable(inputs)
+
+
 def _consts(entry: Entry, values: list | None) -> list:
     """This call's constants: sources re-read, made tensors kept, seeds to draw."""
     if values is None:  # an entry traced for this call alone: the constants it found
@@ -344,18 +389,22 @@ def _run(entry: Entry, tensors: list, values: list | None, device: torch.device,
     """Runs the entry on this call's tensors; `values`: the current source tensors (None when the
     entry is unguardable and runs once, on the constants its trace found)."""
     traced = entry.traced
-    graph = traced.graph
     consts = _consts(entry, values)
     inputs = list(tensors) + bind_consts(consts, device)
-    if backend == "torch":
-        results = runtime.evaluate(graph, inputs)
+    if autograd.needs_autograd(inputs):  # recorded: its backward is tritonfunc's own VJP Program
+        if traced.writes:
+            raise NotImplementedError(
+                "tritonfunc: a function that writes its inputs or captured tensors in place cannot be recorded by "
+                "autograd (an input or a captured tensor requires grad); use out-of-place operations"
+            )
+        call = entry.executables.get("autograd")
+        if call is None:
+            call = entry.executables["autograd"] = autograd.Call(
+                traced.graph, lambda ins: _execute(entry, ins, backend, replay=False)
+            )
+        results = autograd.run(call, inputs)
     else:
-        executable = entry.executables.get(backend)
-        inputs = [t.detach() for t in inputs]
-        if executable is None:
-            executable = runtime.build(graph, inputs, interpret=backend == "interpreter")
-            entry.executables[backend] = executable
-        results = executable(inputs)
+        results = _execute(entry, inputs, backend, replay=values is not None and SETTINGS.cuda_graphs)
     if entry.plain:  # no write-backs or aliasing: the outputs as they are
         if entry.single:
             return results[0]
