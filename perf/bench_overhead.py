@@ -111,6 +111,23 @@ def torch_time(call, calls: int) -> float:
     return statistics.median(samples)
 
 
+def end_to_end(call) -> float:
+    """GPU only: median seconds per call, kernels included (triton.testing.do_bench)."""
+    import triton.testing
+
+    return triton.testing.do_bench(call, return_mode="median") / 1e3
+
+
+def compiled(reference):
+    """torch.compile of the torch.func composition, or None if it does not compile."""
+    try:
+        fn = torch.compile(reference)
+        fn()
+        return fn
+    except Exception:  # noqa: BLE001  (reported as missing)
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=100)
@@ -124,8 +141,16 @@ def main() -> None:
     for (name, call, *_), (_, reference, *_) in zip(ours, theirs):
         cold, host = host_time(call, args.calls)
         ref = torch_time(reference, args.calls)
-        rows.append({"workload": name, "cold_s": cold, "host_s_per_call": host, "torch_func_s_per_call": ref})
-        print(f"{name:36} {cold * 1e3:8.1f} {host * 1e6:12.1f} {ref * 1e6:18.1f} {host / ref:6.2f}")
+        row = {"workload": name, "cold_s": cold, "host_s_per_call": host, "torch_func_s_per_call": ref}
+        line = f"{name:36} {cold * 1e3:8.1f} {host * 1e6:12.1f} {ref * 1e6:18.1f} {host / ref:6.2f}"
+        if DEVICE == "cuda":  # end to end, kernels included, against torch.func and torch.compile
+            row["e2e_s"], row["torch_func_e2e_s"] = end_to_end(call), end_to_end(reference)
+            fn = compiled(reference)
+            row["torch_compile_e2e_s"] = end_to_end(fn) if fn is not None else None
+            line += f"  e2e us: ours {row['e2e_s'] * 1e6:.1f}, torch.func {row['torch_func_e2e_s'] * 1e6:.1f}"
+            line += f", torch.compile {row['torch_compile_e2e_s'] * 1e6:.1f}" if fn is not None else ", compile fails"
+        rows.append(row)
+        print(line)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": DEVICE, "torch": torch.__version__, "rows": rows}, f, indent=2)
