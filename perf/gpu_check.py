@@ -79,18 +79,43 @@ def correctness() -> int:
     x = torch.randn(64, 48, device="cuda")
     print(f"gpu_check on {torch.cuda.get_device_name()}, torch {torch.__version__}")
     failures = 0
+    # Each check runs three times: traced, replayed from the cache (kernels launched directly, no
+    # JITFunction.run), and replayed as a CUDA graph.
     for name, mine, ref in checks(x):
         try:
+            want = ref()
             with tritonfunc.record_launches() as rec:
                 got = mine()
-            ok = close(got, ref())
+            replayed = mine()
+            tritonfunc.set_cache(cuda_graphs=True)
+            try:
+                mine()  # captures
+                graphed = mine()
+            finally:
+                tritonfunc.set_cache(cuda_graphs=False)
+            ok = close(got, want) and close(replayed, want) and close(graphed, want)
             print(f"  {'ok  ' if ok else 'FAIL'} {name:34s} launches={rec.count}")
         except Exception as e:  # a crash is a failure of this check, not the end of the run
             ok = False
             print(f"  FAIL {name:34s} {type(e).__name__}: {str(e)[:200]}")
         failures += not ok
+    failures += interop()
     print(f"{failures} failed")
     return failures
+
+
+def interop() -> int:
+    """Backward through a tritonfunc call and a torch.func transform over one, on CUDA."""
+    x = torch.randn(32, 16, device="cuda", requires_grad=True)
+    f = lambda x: (torch.softmax(x.sin(), -1) * x).sum()  # noqa: E731
+    got = torch.autograd.grad(tritonfunc.jit(f)(x), x)[0]
+    want = torch.autograd.grad(f(x), x)[0]
+    ok = close(got, want) and close(
+        torch.func.vmap(tritonfunc.grad(f))(x.detach()[:, None]),
+        torch.func.vmap(torch.func.grad(f))(x.detach()[:, None]),
+    )
+    print(f"  {'ok  ' if ok else 'FAIL'} {'interop: autograd, torch.func':34s}")
+    return not ok
 
 
 def _step(title: str, cmd: list[str], env: dict) -> int:
@@ -130,6 +155,9 @@ def main() -> int:
     suite = [sys.executable, str(HERE / "suite.py"), "--out", f"{out}/", f"--budget-s={opts.budget_s}"]
     if _step("perf suite", suite + (["--no-compile"] if opts.no_compile else []), env):
         failed.append("perf suite")
+    overhead = [sys.executable, str(HERE / "bench_overhead.py"), "--json", str(out / "overhead.json")]
+    if _step("host overhead", overhead, env):
+        failed.append("host overhead")
     wrong = [
         f"{r['workload']} {r['size']}"
         for path in set(out.glob("*.jsonl")) - before
