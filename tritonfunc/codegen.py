@@ -20,6 +20,7 @@ from . import primitives as P
 from . import schedule
 from .graph import DTYPES, Node, Var
 from .indexing import Index, contiguous_strides, ravel
+from .kernels import contraction as contraction_kernels
 from .primitives import Primitive
 from .schedule import Entry, Kernel
 
@@ -343,6 +344,7 @@ class KernelSource:
     bytes_read: int
     bytes_written: int
     num_warps: int = 4
+    num_stages: int = 3  # Triton's default on CUDA; a contraction's from its tile table
 
 
 def _num_warps(tile_elements: int) -> int:
@@ -358,15 +360,39 @@ def _mask_for(deps: frozenset[str], pointwise: bool) -> str | None:
     return {frozenset("r"): "rmask", frozenset("c"): "cmask"}.get(deps, "mask")
 
 
-class Scope:
-    """Where emitted lines go: values that vary along `c` inside a column loop, the rest before it."""
+# A contraction kernel masks each iteration variable on its own; the batch b is never out of range.
+def _contraction_mask(deps: frozenset[str]) -> str | None:
+    names = [f"{v[:2]}mask{v[2:]}" if v[0] == "k" else f"{v[0]}mask{v[1:]}" for v in sorted(deps) if v != "b"]
+    return " & ".join(names) or None
 
-    def __init__(self, outer: list[str], inner: list[str] | None = None):
+
+_LIFTED = re.compile(r"\b(m|n|mmask|nmask)\b")
+
+
+def lift3(text: str) -> str:
+    """A line of a 2-d tile's epilogue, written for the 3-d tiles of an outer loop (m3, n3, ...)."""
+    return _LIFTED.sub(lambda mt: {"m": "m3", "n": "n3", "mmask": "mmask3", "nmask": "nmask3"}[mt.group(1)], text)
+
+
+class Scope:
+    """Where emitted lines go: values that vary with one of `inner_vars` (the columns of a looping
+    row kernel, a dot's k, an outer loop's e) inside the loop, the rest before it.  In the outer loop
+    of a contraction's epilogue (`lifted`), 2-d tiles are used as 3-d ones."""
+
+    def __init__(self, outer: list[str], inner: list[str] | None = None, inner_vars=frozenset("c"), lifted=False):
         self.outer = outer
         self.inner = outer if inner is None else inner
+        self.inner_vars = frozenset(inner_vars)
+        self.lifted = lifted
 
-    def add(self, line: str, varies_with_c: bool):
-        (self.inner if varies_with_c else self.outer).append(line)
+    def inside(self, deps: frozenset[str]) -> bool:
+        return bool(deps & self.inner_vars)
+
+    def add(self, line: str, deps: frozenset[str]):
+        if self.inside(deps):
+            self.inner.append(lift3(line) if self.lifted else line)
+        else:
+            self.outer.append(line)
 
 
 class _Emitter:
@@ -374,42 +400,55 @@ class _Emitter:
         self.kernel = kernel
         self.strides = strides
         self.pointwise = kernel.domain.kind == "pointwise"
+        self.contraction = kernel.domain.kind == "contraction"
         self.loads = kernel.loads
         self.stores = [v for v, _ in kernel.stores]
         self.arg_name = {v: f"in{i}" for i, v in enumerate(self.loads)}
-        self.names: dict[int, tuple[str, bool]] = {}  # id(entry) -> (register, varies with c)
+        self.names: dict[int, tuple[str, bool]] = {}  # id(entry) -> (register, defined inside a loop)
         self.counter = 0
 
     def fresh(self, prefix: str = "v") -> str:
         self.counter += 1
         return f"{prefix}{self.counter - 1}"
 
+    def mask_for(self, deps: frozenset[str]) -> str | None:
+        return _contraction_mask(deps) if self.contraction else _mask_for(deps, self.pointwise)
+
     def ptr_offset(self, var: Var, index) -> str:
         return ravel(index, self.strides.get(var) or contiguous_strides(var.shape)).render()
 
     def forget_column_values(self):
-        """Registers defined inside a column loop are not visible after it."""
+        """Registers defined inside a loop are not visible after it."""
         self.names = {k: v for k, v in self.names.items() if not v[1]}
+
+    def operand(self, entry: Entry, scope: Scope, inside: bool = True) -> str:
+        """An operand's register; used `inside` an outer loop's 3-d scope, a 2-d tile gets a third axis."""
+        name = self.expr(entry, scope)
+        if inside and scope.lifted and not scope.inside(entry.deps) and entry.deps & {"m", "n"}:
+            return f"{name}[:, :, None]"
+        return name
 
     def expr(self, entry: Entry, scope: Scope) -> str:
         """Emits `entry` (and what it needs) into `scope`, returning its register name."""
         if id(entry) in self.names:
             return self.names[id(entry)][0]
-        assert entry.op != "reduce", "reductions are emitted by the row loop"
-        args = [self.expr(e, scope) for e in entry.inputs]
+        assert entry.op not in ("reduce", "dot"), "reductions and dots are emitted by their loops"
+        args = [self.operand(e, scope, scope.inside(entry.deps)) for e in entry.inputs]
         if entry.op == "load":
             offset = ravel(entry.index, self.strides.get(entry.var) or contiguous_strides(entry.var.shape))
             # Every lane reading one element (a stride-0 broadcast) is a scalar load: always in bounds.
-            mask = None if offset.is_const() else _mask_for(entry.deps, self.pointwise)
+            mask = None if offset.is_const() else self.mask_for(entry.deps)
             text = f"tl.load({self.arg_name[entry.var]} + {offset.render()}"
-            text += f", mask={mask})" if mask else ")"
+            # Masked-off lanes of a contraction's operands must read 0: they are summed by tl.dot.
+            other = ", other=0.0" if self.contraction and entry.var.dtype.is_floating_point else ""
+            text += f", mask={mask}{other})" if mask else ")"
             if entry.var.dtype in _HALF:
                 text += ".to(tl.float32)"
         else:
             node = entry.node
             if node.prim.kind == "view" and node.prim not in LOWERINGS:
                 self.names[id(entry)] = self.names[id(entry.inputs[0])]  # same register, re-indexed
-                return args[0]
+                return self.names[id(entry)][0]
             # A cast to half precision rounds there, then computing goes on in fp32.
             if node.prim is P.convert and node.out.dtype == torch.float16:
                 text = f"{args[0]}.to(tl.float16).to(tl.float32)"
@@ -422,37 +461,40 @@ class _Emitter:
             else:
                 text = LOWERINGS[node.prim](args, node, entry.index)
         name = self.fresh()
-        varies = "c" in entry.deps
-        scope.add(f"{name} = {text}", varies)
-        self.names[id(entry)] = (name, varies)
+        scope.add(f"{name} = {text}", entry.deps)
+        self.names[id(entry)] = (name, scope.inside(entry.deps))
         return name
 
     def store(self, var: Var, entry: Entry, scope: Scope):
-        value = self.expr(entry, scope)
+        value = self.operand(entry, scope)
         if var.dtype == torch.bfloat16:
             value = f"_round_bf16({value})"
         elif var.dtype == torch.float16:
             value = f"{value}.to(tl.float16)"
         deps = _index_deps(entry)
-        mask = _mask_for(deps, self.pointwise) or ("mask" if self.pointwise else "rmask")
+        mask = self.mask_for(deps) or ("mask" if self.pointwise else "mmask" if self.contraction else "rmask")
         out = f"out{self.stores.index(var)}"
         offset = self.ptr_offset(var, entry.index)
         if not deps:  # a single element: keep the pointer a block, like the value
-            offset += " + o * 0" if self.pointwise else " + r * 0"
-        scope.add(f"tl.store({out} + {offset}, {value}, mask={mask})", "c" in deps)
+            offset += " + o * 0" if self.pointwise else " + m * 0" if self.contraction else " + r * 0"
+        scope.add(f"tl.store({out} + {offset}, {value}, mask={mask})", deps)
 
 
 def _pow2(n: int) -> int:
     return 1 << max(0, (max(n, 1) - 1).bit_length())
 
 
-def generate(kernel: Kernel, strides: dict[Var, tuple[int, ...]]) -> KernelSource:
+def generate(kernel: Kernel, strides: dict[Var, tuple[int, ...]], target: str = "sm90") -> KernelSource:
+    """The kernel's Triton source; `target` ("interpreter" or "sm90") picks a contraction's tiles."""
     em = _Emitter(kernel, strides)
     d = kernel.domain
-    body: list[str] = ["pid = tl.program_id(0)"]
-    big = max([d.size * d.cols] + [_extent(v, strides) for v in em.loads + em.stores]) >= 2**31
+    body: list[str] = [] if d.kind == "contraction" else ["pid = tl.program_id(0)"]
+    big = max([d.size * d.cols * d.rows] + [_extent(v, strides) for v in em.loads + em.stores]) >= 2**31
     pid = "pid.to(tl.int64)" if big else "pid"
-    if d.kind == "pointwise":
+    stages = 3
+    if d.kind == "contraction":
+        grid, passes, warps, stages = _contraction_body(em, kernel, body, big, target)
+    elif d.kind == "pointwise":
         block = min(POINTWISE_BLOCK, _pow2(d.size))
         grid = (math.ceil(d.size / block),)
         body += [f"o = {pid} * {block} + tl.arange(0, {block})", f"mask = o < {d.size}"]
@@ -465,7 +507,8 @@ def generate(kernel: Kernel, strides: dict[Var, tuple[int, ...]]) -> KernelSourc
     args = em.loads + em.stores
     params = [f"in{i}" for i in range(len(em.loads))] + [f"out{i}" for i in range(len(em.stores))]
     comment = _describe(kernel)
-    called = [text for name, text in SPECIAL_FUNCTIONS.items() if any(f"{name}(" in line for line in body)]
+    special = SPECIAL_FUNCTIONS | contraction_kernels.HELPERS
+    called = [text for name, text in special.items() if any(f"{name}(" in line for line in body)]
     helpers = "".join("\n" + text for text in called)
     src = HEADER + helpers + "\n\n@triton.jit\n" + f"def {kernel.name}({', '.join(params)}):\n"
     src += "".join(f"    # {line}\n" for line in comment)
@@ -473,7 +516,118 @@ def generate(kernel: Kernel, strides: dict[Var, tuple[int, ...]]) -> KernelSourc
     signature = {p: "*" + DTYPES[v.dtype].signature for p, v in zip(params, args)}
     read = sum(_distinct_elements(kernel, v, strides) * v.dtype.itemsize * passes.get(v, 1) for v in em.loads)
     written = sum(v.numel * v.dtype.itemsize for v in em.stores)
-    return KernelSource(kernel.name, src, args, len(em.loads), grid, signature, read, written, warps)
+    return KernelSource(kernel.name, src, args, len(em.loads), grid, signature, read, written, warps, stages)
+
+
+# Operands re-read by every tile along the other axis of the output come from L2 while they fit it
+# (grouped program order keeps the tiles sharing them together): counted once up to this size, once
+# per tile beyond it (H100: 50 MB of L2).
+L2_REUSE_BYTES = 32 << 20
+# CUDA's limit on grid axis 1 (the batch); a larger batch is folded into axis 0.
+MAX_GRID_Y = 65535
+
+
+def _contraction_body(em: _Emitter, kernel: Kernel, body: list[str], big: bool, target: str):
+    """The template of kernels/contraction.py around the kernel's dots: the program order, one k loop
+    per dot with its operands' producers inside (the prologue), then the epilogue at (b, m, n), row
+    reductions along n, the stores, and an outer loop for each store with an outer variable e."""
+    d = kernel.domain
+    dots = [e for e in kernel.entries if e.op == "dot"]
+    ks = {e.loop: schedule.contraction_sizes(e.node)[2] for e in dots}
+    extents = _var_extents(kernel)
+    outer = [(i, v, e) for i, (v, e) in enumerate(kernel.stores) if f"e{i}" in _index_deps(e)]
+    whole_rows = any(e.op == "reduce" for e in kernel.entries)
+    dtype = dots[0].node.inputs[0].dtype
+    tiles = contraction_kernels.choose_tiles(d.rows, d.cols, max(ks.values()), dtype, target, whole_rows, bool(outer))
+    bm, bn = tiles.bm, tiles.bn
+    tiles_m, tiles_n = math.ceil(d.rows / bm), math.ceil(d.cols / bn)
+    assert tiles_n == 1 or not whole_rows
+    on_axis0 = d.size > MAX_GRID_Y
+    grid = (tiles_m * tiles_n * (d.size if on_axis0 else 1), 1 if on_axis0 else d.size)
+    body += contraction_kernels.program_order(tiles_m, tiles_n, tiles.group_m, on_axis0)
+    wide = ".to(tl.int64)" if big else ""
+    body += [
+        f"m = pid_m{wide} * {bm} + tl.arange(0, {bm})[:, None]",
+        f"n = pid_n{wide} * {bn} + tl.arange(0, {bn})[None, :]",
+        f"mmask = m < {d.rows}",
+        f"nmask = n < {d.cols}",
+        "mask = mmask & nmask",
+    ]
+    if big:
+        body.append("b = b.to(tl.int64)")
+    tf32 = contraction_kernels.matmul_allows_tf32()
+    for dot in dots:
+        i, k = dot.loop, ks[dot.loop]
+        bk = max(contraction_kernels.MIN_TILE, min(tiles.bk, _pow2(k)))
+        pre, inner = [], []
+        scope = Scope(pre, inner, {f"ka{i}", f"kb{i}"})
+        a = _dot_operand(em, dot.inputs[0], scope, f"ka{i}", "m", (bm, bk))
+        b = _dot_operand(em, dot.inputs[1], scope, f"kb{i}", "n", (bk, bn))
+        acc, acc_type = f"acc{i}", "tl.float64" if dot.var.dtype == torch.float64 else "tl.float32"
+        body += pre
+        body += [f"{acc} = tl.zeros([{bm}, {bn}], dtype={acc_type})", f"for k0 in range(0, {k}, {bk}):"]
+        body += [
+            f"    ka{i} = k0{wide} + tl.arange(0, {bk})[None, :]",
+            f"    kb{i} = k0{wide} + tl.arange(0, {bk})[:, None]",
+            f"    kamask{i} = ka{i} < {k}",
+            f"    kbmask{i} = kb{i} < {k}",
+        ]
+        body += ["    " + line for line in inner]
+        body.append(f"    {acc} = " + contraction_kernels.dot_call(a, b, acc, dot.node.inputs[0].dtype, tf32))
+        em.forget_column_values()
+        em.names[id(dot)] = (acc, False)
+    for e in kernel.entries:  # the epilogue's row reductions, dependencies first
+        if e.op == "reduce":
+            _finish_reduction(em, e, em.expr(e.inputs[0], Scope(body)), body)
+    for i, (v, e) in enumerate(kernel.stores):
+        if f"e{i}" not in _index_deps(e):
+            em.store(v, e, Scope(body))
+    if outer:
+        body += ["m3 = m[:, :, None]", "n3 = n[:, :, None]", "mmask3 = mmask[:, :, None]", "nmask3 = nmask[:, :, None]"]
+    for i, v, e in outer:  # an outer product written from the tile: a loop over its third axis
+        inner = []
+        em.store(v, e, Scope(body, inner, {f"e{i}"}, lifted=True))
+        extent = extents[f"e{i}"]
+        block = contraction_kernels.outer_block(tiles, extent)
+        body += [
+            f"for e_start in range(0, {extent}, {block}):",
+            f"    e{i} = e_start{wide} + tl.arange(0, {block})[None, None, :]",
+            f"    emask{i} = e{i} < {extent}",
+        ]
+        body += ["    " + line for line in inner]
+        em.forget_column_values()
+    passes = {}
+    for e in kernel.entries:  # operands re-read per tile along the other axis (see L2_REUSE_BYTES)
+        if e.op == "load":
+            along = [tiles_n for x in e.deps if x.startswith("ka")] + [tiles_m for x in e.deps if x.startswith("kb")]
+            tiles_other = max(along + [1])
+            fits = e.var.numel * e.var.dtype.itemsize <= L2_REUSE_BYTES
+            passes[e.var] = max(passes.get(e.var, 1), 1 if fits else tiles_other)
+    return grid, passes, tiles.warps, tiles.stages
+
+
+def _dot_operand(em: _Emitter, entry: Entry, scope: Scope, k: str, row: str, shape: tuple[int, int]) -> str:
+    """An operand tile of tl.dot: zero beyond K (tl.dot sums it), broadcast to the full tile."""
+    text = em.expr(entry, scope)
+    read = entry
+    while read.op == "node" and read.node.prim.kind == "view" and read.node.prim not in LOWERINGS:
+        read = read.inputs[0]  # a view reads its operand's register
+    if not (read.op == "load" and k in read.deps):  # a masked load already reads 0 there
+        text = f"tl.where({k[:2]}mask{k[2:]}, {text}, 0.0)"
+    if not {k, row} <= entry.deps:
+        text = f"tl.broadcast_to({text}, ({shape[0]}, {shape[1]}))"
+    return text
+
+
+def _var_extents(kernel: Kernel) -> dict[str, int]:
+    """The extent of each iteration variable the kernel's indices use."""
+    out: dict[str, int] = {}
+    for e in kernel.entries + [e for _, e in kernel.stores]:
+        for i in e.index:
+            for t in i.terms:
+                if t.base in t.deps and t.extent is not None:
+                    out[t.base] = t.extent
+    return out
 
 
 def _rows_body(em: _Emitter, kernel: Kernel, body: list[str], pid: str):
@@ -566,6 +720,8 @@ def _describe(kernel: Kernel) -> list[str]:
     d = kernel.domain
     if d.kind == "pointwise":
         head = f"pointwise over {d.size} elements"
+    elif d.kind == "contraction":
+        head = f"contraction: {d.size} x [{d.rows} x {d.cols}] tiles on tl.dot"
     else:
         head = f"{d.size} rows x {d.cols} reduced columns"
     ops = []
@@ -591,16 +747,31 @@ class _NumpyTL:
 def _distinct_elements(kernel: Kernel, var: Var, strides) -> int:
     """Distinct elements of `var` the kernel's load sites address (evaluated over the domain)."""
     d = kernel.domain
+    if var.numel == 0:
+        return var.numel
+    em = _Emitter(kernel, strides)
+    seen = np.zeros(_extent(var, strides) or 1, dtype=bool)
+    if d.kind == "contraction":  # each load site over the variables it depends on, one axis each
+        extents = _var_extents(kernel)
+        for e in kernel.entries:
+            if e.op != "load" or e.var is not var:
+                continue
+            names = sorted(e.deps)
+            if math.prod(extents[x] for x in names) > BYTE_COUNT_LIMIT:
+                return var.numel
+            env = {"tl": _NumpyTL}
+            for i, x in enumerate(names):
+                env[x] = np.arange(extents[x], dtype=np.int64).reshape([-1 if j == i else 1 for j in range(len(names))])
+            seen[np.asarray(eval(em.ptr_offset(var, e.index), env))] = True  # noqa: S307 (our own index text)
+        return int(seen.sum())
     total = d.size * d.cols
-    if total > BYTE_COUNT_LIMIT or var.numel == 0:
+    if total > BYTE_COUNT_LIMIT:
         return var.numel
     if d.kind == "pointwise":
         env = {"o": np.arange(d.size, dtype=np.int64)}
     else:
         env = {"r": np.arange(d.size, dtype=np.int64)[:, None], "c": np.arange(d.cols, dtype=np.int64)[None, :]}
     env["tl"] = _NumpyTL
-    seen = np.zeros(_extent(var, strides) or 1, dtype=bool)
-    em = _Emitter(kernel, strides)
     for e in kernel.entries:
         if e.op == "load" and e.var is var:
             offsets = eval(em.ptr_offset(var, e.index), env)  # noqa: S307 (our own index text)

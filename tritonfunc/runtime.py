@@ -43,6 +43,7 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 from .codegen import KernelSource  # noqa: E402
 from .graph import Graph, Var  # noqa: E402
+from .kernels.contraction import matmul_allows_tf32  # noqa: E402
 from .pipeline import compile_program  # noqa: E402
 from .schedule import KernelStep, Program  # noqa: E402
 
@@ -256,7 +257,7 @@ def compile_for_sm90(ks: KernelSource) -> dict:
     """Compiles a generated kernel for the H100 (sm_90) on this machine; raises on any error."""
     from .aot import compile_sm90
 
-    return compile_sm90(str(_source_file(ks)), ks.name, tuple(ks.signature.items()), ks.num_warps)
+    return compile_sm90(str(_source_file(ks)), ks.name, tuple(ks.signature.items()), ks.num_warps, ks.num_stages)
 
 
 def _lgamma(x: float) -> float:
@@ -383,7 +384,7 @@ class Executable:
             with _interpreter_lock:
                 kernel[ks.grid](*args, num_warps=ks.num_warps)
         else:
-            kernel[ks.grid](*args, num_warps=ks.num_warps)
+            kernel[ks.grid](*args, num_warps=ks.num_warps, num_stages=ks.num_stages)
 
 
 def _record(kind, name, grid, read, written, source, start) -> None:
@@ -411,13 +412,17 @@ def _distinct(outputs: list[torch.Tensor]) -> list[torch.Tensor]:
     return result
 
 
-def program_for(graph: Graph, inputs: list[torch.Tensor]) -> Program:
-    """The Program of a graph, with each kernel's source, for inputs with these strides."""
-    return compile_program(graph, {v: tuple(t.stride()) for v, t in zip(graph.inputs, inputs)})
+def program_for(graph: Graph, inputs: list[torch.Tensor], target: str | None = None) -> Program:
+    """The Program of a graph, with each kernel's source, for inputs with these strides; for the
+    interpreter when they are CPU tensors, else for the H100 (meta tensors: a plan at GPU sizes)."""
+    if target is None:
+        device = inputs[0].device if inputs else torch.device("cpu")
+        target = "interpreter" if device.type == "cpu" else "sm90"
+    return compile_program(graph, {v: tuple(t.stride()) for v, t in zip(graph.inputs, inputs)}, target)
 
 
 def build(graph: Graph, inputs: list[torch.Tensor], interpret: bool) -> Executable:
-    program = program_for(graph, inputs)
+    program = program_for(graph, inputs, "interpreter" if interpret else "sm90")
     kernels = {i: load_kernel(s.source, interpret) for i, s in enumerate(program.steps) if isinstance(s, KernelStep)}
     keep = set(program.graph.outputs) | set(program.graph.inputs)
     last_use: dict[Var, int] = {}
@@ -445,7 +450,9 @@ def evaluate(graph: Graph, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def executable_for(graph: Graph, inputs: list[torch.Tensor], backend: str) -> Executable:
-    key = (graph.pretty(), tuple((tuple(t.stride()), t.device.type) for t in inputs), backend)
+    # Float32 contractions follow torch's TF32 setting, read when their kernels are generated.
+    tf32 = matmul_allows_tf32()
+    key = (graph.pretty(), tuple((tuple(t.stride()), t.device.type) for t in inputs), backend, tf32)
     if key not in _EXECUTABLES:
         _EXECUTABLES[key] = build(graph, inputs, interpret=(backend == "interpreter"))
     return _EXECUTABLES[key]

@@ -25,18 +25,29 @@ import torch
 
 from . import primitives as P
 from .graph import Builder, Graph, Node, Var
-from .indexing import Idx, Index, unravel
+from .indexing import Idx, Index, reshape_index, unravel
 
 # A row kernel keeps a whole row in registers up to this many columns; longer rows loop over
 # column blocks, one loop per chain of dependent reductions (recomputing the loop's prologue).
 # (16K fp32 is 32 values a thread at 16 warps: still registers, and one pass over the row.)
 MAX_ROW_TILE = 16384
+# A reduction along a contraction's output rows (softmax, cross-entropy) is fused into its epilogue when
+# the row fits one output tile of the kernel (then BN covers N, and grid axis 0 runs over rows only).
+MAX_EPILOGUE_ROW = 256
 # A reduction of this many elements or more into fewer than SPLIT_MAX_ROWS rows would leave most of
 # a GPU idle (one program per row): it is split into partial reductions over SPLIT_CHUNK-ish
 # column blocks (many programs), then a small reduction of the partials.
 SPLIT_MIN_ELEMENTS = 1 << 16
 SPLIT_MAX_ROWS = 64
 SPLIT_CHUNK = 2048
+# Contractions run on tensor cores (a tl.dot template kernel) only when each of M, N and K is at least
+# MIN_DOT_DIM.  Below it a contraction is memory-bound even on CUDA cores (a GEMM does at most about
+# min(M, N, K) multiply-adds per element it moves), and tl.dot's smallest tile (16 in each dimension
+# on sm_90 with triton 3.6) would be mostly padding: it is expanded into a broadcast multiply and a
+# sum, which fuse with their neighbours (a dot product inside a row kernel, an outer product in a
+# pointwise kernel).
+MIN_DOT_DIM = 16
+DOT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,6 +117,40 @@ def fold_trivial_reductions(graph: Graph) -> Graph:
     return graph.with_nodes(nodes)
 
 
+def contraction_sizes(node: Node) -> tuple[int, int, int, int]:
+    """(M, N, K, batch) of a dot_general: the products of a's free, b's free, contracted, batch sizes."""
+    a, b = node.inputs
+    (ca, _), (ba, _) = node.params["contract"], node.params["batch"]
+    fa, fb = P.dot_axes(len(a.shape), len(b.shape), node.params["contract"], node.params["batch"])
+    size = lambda v, axes: math.prod(v.shape[d] for d in axes)
+    return size(a, fa), size(b, fb), size(a, ca), size(a, ba)
+
+
+def uses_tensor_cores(node: Node) -> bool:
+    """Whether a dot_general runs as a tl.dot template kernel (else it is expanded, see below)."""
+    m, n, k, _ = contraction_sizes(node)
+    return node.out.dtype in DOT_DTYPES and min(m, n, k) >= MIN_DOT_DIM
+
+
+def expand_small_contractions(graph: Graph) -> Graph:
+    """A dot_general too small for tensor cores becomes a broadcast multiply and a sum, which fuse into
+    the pointwise and row kernels around it (an outer product is a pointwise kernel, a dot product or
+    a matrix-vector product a row reduction)."""
+    nodes: list[Node] = []
+    for n in graph.nodes:
+        if n.prim is not P.dot_general or uses_tensor_cores(n):
+            nodes.append(n)
+            continue
+        b = Builder()
+        with b:
+            value = P.expand_dot_general(*n.inputs, **n.params)
+        for node in b.nodes:
+            node.no_grad = n.no_grad
+        nodes += b.nodes
+        nodes.append(Node(P.reshape, [value], {"shape": n.out.shape}, n.outs, n.no_grad))
+    return graph.with_nodes(nodes)
+
+
 def eliminate_common_subexpressions(graph: Graph) -> Graph:
     rename: dict[Var, Var] = {}
     seen: dict[tuple, tuple[Var, ...]] = {}
@@ -142,9 +187,10 @@ def eliminate_dead_code(graph: Graph) -> Graph:
 
 @dataclass(frozen=True)
 class Domain:
-    kind: str  # "pointwise" | "rows"
-    size: int  # N (pointwise) or R (rows)
-    cols: int = 1  # C (rows)
+    kind: str  # "pointwise" | "rows" | "contraction"
+    size: int  # N (pointwise), R (rows) or the batch (contraction: grid axis 1)
+    cols: int = 1  # C (rows) or N (contraction: the output's columns)
+    rows: int = 1  # M (contraction: the output's rows)
 
 
 @dataclass(eq=False)
@@ -153,11 +199,12 @@ class Entry:
 
     var: Var
     index: Index
-    op: str  # "load" | "node" | "reduce" | "scan"
+    op: str  # "load" | "node" | "reduce" | "scan" | "dot"
     node: Node | None
     inputs: list[Entry]
     deps: frozenset[str]  # iteration variables the value varies with
     stage: int  # reductions on the longest chain ending here (row kernels)
+    loop: int | None = None  # a dot's k loop: its operands are read at k variables ka<loop>, kb<loop>
 
 
 @dataclass(eq=False)
@@ -178,12 +225,12 @@ class Kernel:
     def name(self) -> str:
         prims: list[str] = []
         for e in self.entries:
-            computes = e.node is not None and e.node.prim.kind in ("elementwise", "reduction", "scan")
+            computes = e.node is not None and e.node.prim.kind in ("elementwise", "reduction", "scan", "contraction")
             if computes or (e.node is not None and e.node.prim is P.rand):
-                name = e.node.prim.name.removeprefix("reduce_")
+                name = e.node.prim.name.removeprefix("reduce_").removesuffix("_general")
                 if name not in prims and name not in ("convert", "stop_gradient"):
                     prims.append(name)
-        kind = "pointwise" if self.domain.kind == "pointwise" else "rows"
+        kind = {"pointwise": "pointwise", "contraction": "gemm"}.get(self.domain.kind, "rows")
         body = "_".join(prims[:6]) + ("_etc" if len(prims) > 6 else "")
         return f"{kind}_{body or 'copy'}"
 
@@ -199,7 +246,47 @@ class NotFusable(Exception):
 def iteration_vars(domain: Domain) -> dict[str, Idx]:
     if domain.kind == "pointwise":
         return {"o": Idx.var("o", domain.size)}
+    if domain.kind == "contraction":
+        return {"b": Idx.var("b", domain.size), "m": Idx.var("m", domain.rows), "n": Idx.var("n", domain.cols)}
     return {"r": Idx.var("r", domain.size), "c": Idx.var("c", domain.cols)}
+
+
+# The iteration variable a row reduction reduces along: a row kernel's columns, a contraction's n.
+REDUCED_VAR = {"rows": "c", "contraction": "n"}
+
+
+def k_vars(loop: int, k: int) -> tuple[Idx, Idx]:
+    """A dot's reduction variable in its two orientations: ka along a row of A, kb down a column of B."""
+    return Idx.var(f"ka{loop}", k), Idx.var(f"kb{loop}", k)
+
+
+def dot_natural_index(node: Node, b: Idx, m: Idx, n: Idx) -> Index:
+    """The index of a dot_general's output element (b, m, n): batch axes, then a's free, then b's free."""
+    x, y = node.inputs
+    ba = node.params["batch"][0]
+    fa, fb = P.dot_axes(len(x.shape), len(y.shape), node.params["contract"], node.params["batch"])
+    return (
+        unravel(b, tuple(x.shape[d] for d in ba))
+        + unravel(m, tuple(x.shape[d] for d in fa))
+        + unravel(n, tuple(y.shape[d] for d in fb))
+    )
+
+
+def dot_operand_indices(node: Node, b: Idx, m: Idx, n: Idx, ka: Idx, kb: Idx) -> tuple[Index, Index]:
+    """Where the tile (b, m, ka) of A and (b, kb, n) of B is read: the fused prologue's index."""
+    x, y = node.inputs
+    (ca, cb), (ba, bb) = node.params["contract"], node.params["batch"]
+    fa, fb = P.dot_axes(len(x.shape), len(y.shape), node.params["contract"], node.params["batch"])
+    batch = unravel(b, tuple(x.shape[d] for d in ba))
+    ks = tuple(x.shape[d] for d in ca)
+    rows, cols = unravel(m, tuple(x.shape[d] for d in fa)), unravel(n, tuple(y.shape[d] for d in fb))
+    xi = dict(zip(ba, batch)) | dict(zip(fa, rows)) | dict(zip(ca, unravel(ka, ks)))
+    yi = dict(zip(bb, batch)) | dict(zip(fb, cols)) | dict(zip(cb, unravel(kb, ks)))
+    return tuple(xi[d] for d in range(len(x.shape))), tuple(yi[d] for d in range(len(y.shape)))
+
+
+def _rendered(index: Index) -> tuple[str, ...]:
+    return tuple(i.render() for i in index)
 
 
 class _Planner:
@@ -212,6 +299,9 @@ class _Planner:
         self.memo: dict[tuple, Entry] = {}
         self.order: list[Entry] = []
         self.vars = iteration_vars(domain)
+        self.loops = 0  # dots planned so far: each gets its own k loop
+        self.walk: list[Var] = []  # the values being computed, outermost first
+        self._purity: dict[Var, bool] = {}
 
     def value(self, var: Var, index: Index, stored: bool = False) -> Entry:
         """The entry computing `var` at `index`; a stored value is computed, not loaded back."""
@@ -222,39 +312,88 @@ class _Planner:
         if (var in self.materialized and not stored) or var not in self.producers:
             entry = Entry(var, index, "load", None, [], index_deps, 0)
         else:
-            node = self.producers[var]
-            kind = node.prim.kind
-            if kind == "reduction":
-                entry = self._reduction(node, index, index_deps)
-            elif kind == "scan":
-                entry = self._scan(node, index, index_deps)
-            else:
-                if node.prim.index_rule is not None:
-                    inputs = [self.value(v, i) for v, i in zip(node.inputs, node.prim.index_rule(node, index))]
-                else:
-                    inputs = [self.value(v, index) for v in node.inputs]
-                deps = frozenset().union(*(e.deps for e in inputs)) if inputs else frozenset()
-                if node.prim is P.iota:
-                    deps = index[node.params["dim"]].deps
-                elif node.prim is P.rand:
-                    deps = index_deps
-                stage = max((e.stage for e in inputs), default=0)
-                entry = Entry(var, index, "node", node, inputs, deps, stage)
+            self.walk.append(var)
+            try:
+                entry = self._compute(var, index, index_deps)
+            finally:
+                self.walk.pop()
         self.memo[key] = entry
         self.order.append(entry)
+        return entry
+
+    def _compute(self, var: Var, index: Index, index_deps) -> Entry:
+        node = self.producers[var]
+        kind = node.prim.kind
+        if kind == "reduction":
+            entry = self._reduction(node, index, index_deps)
+        elif kind == "contraction":
+            entry = self._dot(node, index, index_deps)
+        elif kind == "scan":
+            entry = self._scan(node, index, index_deps)
+        else:
+            if node.prim.index_rule is not None:
+                inputs = [self.value(v, i) for v, i in zip(node.inputs, node.prim.index_rule(node, index))]
+            else:
+                inputs = [self.value(v, index) for v in node.inputs]
+            deps = frozenset().union(*(e.deps for e in inputs)) if inputs else frozenset()
+            if node.prim is P.iota:
+                deps = index[node.params["dim"]].deps
+            elif node.prim is P.rand:
+                deps = index_deps
+            stage = max((e.stage for e in inputs), default=0)
+            entry = Entry(var, index, "node", node, inputs, deps, stage)
         return entry
 
     def _reduction(self, node: Node, index: Index, index_deps) -> Entry:
         (x,) = node.inputs
         axes = node.params["axes"]
         reduced = math.prod(x.shape[a] for a in axes)
-        if self.domain.kind != "rows" or reduced != self.domain.cols or "c" in index_deps:
+        along = REDUCED_VAR.get(self.domain.kind)
+        if along is None or reduced != self.domain.cols or along in index_deps:
             raise NotFusable(node.out)
-        cols = iter(unravel(self.vars["c"], tuple(x.shape[a] for a in axes)))
+        if self.domain.kind == "contraction" and (self.domain.cols > MAX_EPILOGUE_ROW or not index_deps <= {"b", "m"}):
+            raise NotFusable(node.out)  # the epilogue's rows only (not a prologue's), fitting one tile
+        cols = iter(unravel(self.vars[along], tuple(x.shape[a] for a in axes)))
         kept = iter(index)
         in_index = tuple(next(cols) if d in axes else next(kept) for d in range(len(x.shape)))
         inp = self.value(x, in_index)
         return Entry(node.out, index, "reduce", node, [inp], index_deps, inp.stage + 1)
+
+    def _dot(self, node: Node, index: Index, index_deps) -> Entry:
+        """A dot is computed only in a contraction kernel of its own (batch, M, N), at its natural
+        index (b, m, n): its operands are then walked at (b, m, ka) and (b, kb, n), which fuses
+        their producers into the k loop (the prologue)."""
+        m, n, k, batch = contraction_sizes(node)
+        d, v = self.domain, self.vars
+        natural = dot_natural_index(node, v["b"], v["m"], v["n"])
+        elsewhere = d.kind != "contraction" or (batch, m, n) != (d.size, d.rows, d.cols)
+        if elsewhere or _rendered(index) != _rendered(natural):
+            raise NotFusable(self._epilogue_frontier())
+        loop = self.loops
+        self.loops += 1
+        ka, kb = k_vars(loop, k)
+        a_index, b_index = dot_operand_indices(node, v["b"], v["m"], v["n"], ka, kb)
+        inputs = [self.value(node.inputs[0], a_index), self.value(node.inputs[1], b_index)]
+        return Entry(node.out, index, "dot", node, inputs, index_deps, 0, loop)
+
+    def _epilogue_frontier(self) -> Var:
+        """What reaches memory when a dot's result is needed outside its kernel: the last value of the
+        walk that is still the dot's epilogue (a bias, an activation), so that the dot's own kernel
+        stores it instead of the raw product.  A view above it is free to its readers, so the value
+        below the view is stored."""
+        frontier = below = self.walk[-1]
+        for var in reversed(self.walk[:-1]):
+            step = (
+                None
+                if var in self.materialized
+                else _epilogue_step(self.producers[var], below, self.materialized, self.producers, self._purity)
+            )
+            if step is None:
+                break
+            below = var
+            if step:
+                frontier = var
+        return frontier
 
     def _scan(self, node: Node, index: Index, index_deps) -> Entry:
         """A scan is computed only where the kernel lays its rows and columns out as the scan does
@@ -291,7 +430,8 @@ def _laid_out(shape: tuple[int, ...], axes, r: Idx, c: Idx) -> Index:
 
 
 def _region_reductions(var: Var, materialized: set[Var], producers: dict[Var, Node]) -> list[Node]:
-    """Reductions and scans computed by `var`'s kernel if nothing more is materialized, nearest first."""
+    """Reductions, scans and contractions computed by `var`'s kernel if nothing more is materialized,
+    nearest first."""
     found, seen, frontier = [], {var}, [var]
     while frontier:
         nxt = []
@@ -299,7 +439,7 @@ def _region_reductions(var: Var, materialized: set[Var], producers: dict[Var, No
             node = producers.get(v)
             if node is None or (v in materialized and v is not var):
                 continue
-            if node.prim.kind in ("reduction", "scan"):
+            if node.prim.kind in ("reduction", "scan", "contraction"):
                 found.append(node)
             for u in node.inputs:
                 if u not in seen:
@@ -309,10 +449,13 @@ def _region_reductions(var: Var, materialized: set[Var], producers: dict[Var, No
     return found
 
 
-def _store_index(var: Var, domain: Domain, reductions: list[Node]) -> Index:
+def _store_index(var: Var, domain: Domain, reductions: list[Node], ctx=None, store: int = 0) -> Index:
     it = iteration_vars(domain)
     if domain.kind == "pointwise":
         return unravel(it["o"], var.shape)
+    if domain.kind == "contraction":
+        dot = next(n for n in reductions if n.prim.kind == "contraction")
+        return _epilogue_index(var, dot, domain, *ctx, store)
     r, c = it["r"], it["c"]
     if var.numel == domain.size:
         return unravel(r, var.shape)
@@ -324,12 +467,139 @@ def _store_index(var: Var, domain: Domain, reductions: list[Node]) -> Index:
 
 
 def _domain_for(var: Var, reductions: list[Node]) -> Domain:
+    dots = [n for n in reductions if n.prim.kind == "contraction"]
+    if dots:  # the nearest contraction's kernel, its consumers up to `var` fused behind it
+        m, n, _, batch = contraction_sizes(dots[0])
+        return Domain("contraction", batch, n, m)
     if not reductions:
         return Domain("pointwise", var.numel)
     rows, cols = _rows_and_cols(reductions[0])
     if var.numel not in (rows, rows * cols):
         raise NotFusable(reductions[0].out)
     return Domain("rows", rows, cols)
+
+
+# ---------------------------------------------------------------------------------------------
+# The epilogue of a contraction: where a value computed from a dot's result is stored.
+#
+# A contraction kernel computes its dot at (b, m, n), one output tile per program.  A value
+# downstream of it is stored from the same program if the index of the dot's element can be pushed
+# forward to the value's index along the nodes between them: elementwise nodes keep it, transposes
+# and reshapes re-arrange it, a reduction along the output's columns drops n (the row must fit one
+# tile: a softmax or a cross-entropy over a short row), and one broadcast adds an outer variable e
+# (the kernel loops over it: a per-sample weight gradient, the outer product of the output tile and
+# a row of the layer's input, is written by the kernel holding both factors).  Where the push fails,
+# the value in front of the failing node reaches memory instead.
+
+
+def _path_from(dot: Node, var: Var, materialized: set[Var], producers: dict[Var, Node]) -> list[tuple[Node, Var]]:
+    """The nodes from the dot's output to `var` (each with the input on the path), shortest first."""
+    came: dict[Var, tuple[Node, Var] | None] = {var: None}
+    frontier = [var]
+    while frontier and dot.out not in came:
+        nxt = []
+        for v in frontier:
+            node = producers.get(v)
+            if node is None or (v in materialized and v is not var) or node is dot:
+                continue
+            for u in node.inputs:
+                if u not in came:
+                    came[u] = (node, v)
+                    nxt.append(u)
+        frontier = nxt
+    path, u = [], dot.out
+    while u is not var:
+        node, v = came[u]
+        path.append((node, u))
+        u = v
+    return path
+
+
+def _push(node: Node, u: Var, index: Index, e: Idx | None, domain: Domain) -> Index | None:
+    """The index of node's output whose element is computed from u at `index`, or None."""
+    prim, out = node.prim, node.out
+    deps = frozenset().union(*(i.deps for i in index)) if index else frozenset()
+    if prim.kind == "elementwise":
+        return index
+    if prim is P.transpose:
+        return tuple(index[p] for p in node.params["perm"])
+    if prim is P.reshape:
+        return reshape_index(index, u.shape, out.shape)
+    if prim is P.broadcast_in_dim and e is not None and "n" in deps and not any(e.deps & i.deps for i in index):
+        dims = node.params["dims"]
+        spread = [d for d in range(len(out.shape)) if d not in dims or u.shape[dims.index(d)] != out.shape[d]]
+        if e.bound() != math.prod(out.shape[d] for d in spread) or not spread:
+            return None
+        fresh = iter(unravel(e, tuple(out.shape[d] for d in spread)))
+        return tuple(next(fresh) if d in spread else index[dims.index(d)] for d in range(len(out.shape)))
+    if prim.kind == "reduction" and domain.cols <= MAX_EPILOGUE_ROW:
+        axes = node.params["axes"]
+        reduced = [index[a] for a in axes]
+        kept = [i for a, i in enumerate(index) if a not in axes]
+        along = frozenset().union(*(i.deps for i in reduced)) if reduced else frozenset()
+        rows = frozenset().union(*(i.deps for i in kept)) if kept else frozenset()
+        if along == {"n"} and rows <= {"b", "m"} and math.prod(u.shape[a] for a in axes) == domain.cols:
+            return tuple(kept)
+    return None
+
+
+def _epilogue_index(var, dot, domain, materialized, producers, store: int) -> Index:
+    v = iteration_vars(domain)
+    index = dot_natural_index(dot, v["b"], v["m"], v["n"])
+    settled = dot.out  # the last value on the path that is not a view of the one before
+    grown = None  # the value an outer product spread, once one has
+    for node, u in _path_from(dot, var, materialized, producers):
+        if node.prim.kind != "view":
+            settled = u
+        # the one outer variable a broadcast may add, named per store (its extent is the store's own)
+        spread = node.out.numel // max(u.numel, 1) if node.prim is P.broadcast_in_dim else 0
+        e = Idx.var(f"e{store}", spread) if spread > 1 and grown is None else None
+        pushed = _push(node, u, index, e, domain)
+        if pushed is None:  # store what is in front of the failing node, before any outer product
+            raise NotFusable(grown or settled)
+        if e is not None and any(e.deps & i.deps for i in pushed):
+            grown = settled
+        index = pushed
+    return index
+
+
+def pure(var: Var, materialized: set[Var], producers: dict[Var, Node], cache: dict[Var, bool]) -> bool:
+    """Whether var is computed from the graph's inputs by elementwise and view nodes alone (so any
+    kernel can compute it, in any order)."""
+    if var not in cache:
+        node = producers.get(var)
+        cache[var] = node is None or (
+            var not in materialized
+            and node.prim.kind in ("elementwise", "view", "source")
+            and not node.prim.random
+            and all(pure(u, materialized, producers, cache) for u in node.inputs)
+        )
+    return cache[var]
+
+
+def _epilogue_step(node: Node, below: Var, materialized, producers, cache) -> bool | None:
+    """Whether node continues a dot's epilogue from `below`: True for an elementwise node, False for a
+    view, None where the epilogue ends (another kind of node, an operand that is not pure, or
+    `below` used twice, as in x * x)."""
+    view = node.prim in (P.reshape, P.transpose)
+    others = [u for u in node.inputs if u is not below]
+    if not (view or node.prim.kind == "elementwise") or len(others) != len(node.inputs) - 1:
+        return None
+    if not all(pure(u, materialized, producers, cache) for u in others):
+        return None
+    return not view
+
+
+def _path_frontier(dot: Node, var: Var, materialized, producers) -> Var:
+    """The last value on the path from dot to var that is still the dot's epilogue."""
+    frontier, cache = dot.out, {}
+    for node, u in _path_from(dot, var, materialized, producers):
+        step = _epilogue_step(node, u, materialized, producers, cache)
+        if step is None:
+            break
+        if step:
+            frontier = node.out
+    return frontier
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,8 +653,8 @@ def schedule(graph: Graph) -> Program:
     An opaque node's inputs must reach memory; its outputs are buffers the kernels after it read,
     like graph inputs.  Every other value that reaches memory is stored by exactly one kernel.
     """
-    producers = {v: n for n in graph.nodes if n.prim.strategy == P.FUSED for v in n.outs}
-    opaque = [n for n in graph.nodes if n.prim.strategy != P.FUSED]
+    producers = {v: n for n in graph.nodes if n.prim.strategy != P.OPAQUE for v in n.outs}
+    opaque = [n for n in graph.nodes if n.prim.strategy == P.OPAQUE]
     position = {v: i for i, n in enumerate(graph.nodes) for v in n.outs}
     materialized = {v for v in graph.outputs if v in producers}
     materialized |= {v for n in opaque for v in n.inputs if v in producers}
@@ -392,13 +662,14 @@ def schedule(graph: Graph) -> Program:
         try:
             steps = _assign(graph, materialized, producers, position, opaque)
         except NotFusable as e:
+            assert e.var not in materialized, f"tritonfunc: {e.var} is materialized yet not fusable"  # pragma: debug
             materialized.add(e.var)
             continue
-        # A reduction (or scan) planned into several kernels would be recomputed by each: store it once.
+        # A reduction, scan or dot planned into several kernels would be recomputed by each: store it once.
         owners: dict[Var, set[int]] = {}
         for k, step in enumerate(steps):
             for e in step.kernel.entries if isinstance(step, KernelStep) else []:
-                if e.op in ("reduce", "scan"):
+                if e.op in ("reduce", "scan", "dot"):
                     owners.setdefault(e.var, set()).add(k)
         shared = [v for v, ks in owners.items() if len(ks) > 1]
         if not shared:
@@ -414,7 +685,7 @@ def _joint(a: Domain, b: Domain) -> Domain | None:
     """
     if a == b:
         return a
-    if a.kind == "rows" and b.kind == "rows":
+    if "contraction" in (a.kind, b.kind) or (a.kind == "rows" and b.kind == "rows"):
         return None
     rows, flat = (a, b) if a.kind == "rows" else (b, a)
     if rows.cols <= MAX_ROW_TILE and flat.size in (rows.size, rows.size * rows.cols):
@@ -427,6 +698,7 @@ def _assign(graph, materialized, producers, position, opaque) -> list[KernelStep
     and each opaque node in a torch call after its inputs' kernels, in graph order."""
     steps: list[KernelStep | TorchStep] = []
     owner: dict[Var, int] = {}
+    dot_kernel: dict[Node, int] = {}  # the kernel computing each contraction
     work = [(position[v], v) for v in materialized] + [(position[n.outs[0]], n) for n in opaque]
     for _, item in sorted(work, key=lambda w: w[0]):
         if isinstance(item, Node):
@@ -439,7 +711,7 @@ def _assign(graph, materialized, producers, position, opaque) -> list[KernelStep
         reductions = _region_reductions(var, materialized, producers)
         domain = _domain_for(var, reductions)
         planner = _Planner(domain, materialized, producers)
-        planner.value(var, _store_index(var, domain, reductions), stored=True)
+        planner.value(var, _store_index(var, domain, reductions, (materialized, producers)), stored=True)
         reads = {e.var for e in planner.order if e.op == "load"}
         after = max((owner[v] for v in reads if v in owner), default=-1)
         slot = next(
@@ -450,9 +722,18 @@ def _assign(graph, materialized, producers, position, opaque) -> list[KernelStep
             ),
             None,
         )
+        if domain.kind == "contraction":
+            dot = next(n for n in reductions if n.prim.kind == "contraction")
+            first = dot_kernel.get(dot)
+            if first is not None and slot != first:  # a second kernel would compute the dot again:
+                frontier = _path_frontier(dot, var, materialized, producers)  # read its epilogue instead
+                if frontier is not var:
+                    raise NotFusable(frontier)
         if slot is None:
             steps.append(KernelStep(Kernel(domain)))
             slot = len(steps) - 1
+        if domain.kind == "contraction":
+            dot_kernel.setdefault(dot, slot)
         kernel = steps[slot].kernel
         kernel.domain = _joint(kernel.domain, domain)
         kernel.stores.append((var, None))
@@ -464,6 +745,7 @@ def _assign(graph, materialized, producers, position, opaque) -> list[KernelStep
         planner = _Planner(kernel.domain, materialized, producers)
         for i, (var, _) in enumerate(kernel.stores):
             reductions = _region_reductions(var, materialized, producers)
-            kernel.stores[i] = (var, planner.value(var, _store_index(var, kernel.domain, reductions), stored=True))
+            index = _store_index(var, kernel.domain, reductions, (materialized, producers), i)
+            kernel.stores[i] = (var, planner.value(var, index, stored=True))
         kernel.entries = planner.order
     return steps
