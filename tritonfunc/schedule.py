@@ -349,10 +349,12 @@ class _Planner:
         axes = node.params["axes"]
         reduced = math.prod(x.shape[a] for a in axes)
         along = REDUCED_VAR.get(self.domain.kind)
+        if self.domain.kind == "contraction" and not index_deps <= {"b", "m"}:
+            raise NotFusable(self._prologue_frontier())  # the epilogue's rows only, not a prologue's
         if along is None or reduced != self.domain.cols or along in index_deps:
             raise NotFusable(node.out)
-        if self.domain.kind == "contraction" and (self.domain.cols > MAX_EPILOGUE_ROW or not index_deps <= {"b", "m"}):
-            raise NotFusable(node.out)  # the epilogue's rows only (not a prologue's), fitting one tile
+        if self.domain.kind == "contraction" and self.domain.cols > MAX_EPILOGUE_ROW:
+            raise NotFusable(node.out)  # the row must fit one output tile
         cols = iter(unravel(self.vars[along], tuple(x.shape[a] for a in axes)))
         kept = iter(index)
         in_index = tuple(next(cols) if d in axes else next(kept) for d in range(len(x.shape)))
@@ -375,6 +377,21 @@ class _Planner:
         a_index, b_index = dot_operand_indices(node, v["b"], v["m"], v["n"], ka, kb)
         inputs = [self.value(node.inputs[0], a_index), self.value(node.inputs[1], b_index)]
         return Entry(node.out, index, "dot", node, inputs, index_deps, 0, loop)
+
+    def _prologue_frontier(self) -> Var:
+        """What reaches memory when a dot's operand needs a reduction: the highest value of the walk
+        above the reduction that is no bigger (a per-row scale, not the operand it is broadcast
+        into), so that the prologue reads it and the kernel computing the reduction stores it."""
+        frontier = below = self.walk[-1]
+        for var in reversed(self.walk[:-1]):
+            node = self.producers[var]
+            view = node.prim in (P.reshape, P.transpose)
+            if var in self.materialized or var.numel > below.numel or not (view or node.prim.kind == "elementwise"):
+                break
+            below = var
+            if not view:
+                frontier = var
+        return frontier
 
     def _epilogue_frontier(self) -> Var:
         """What reaches memory when a dot's result is needed outside its kernel: the last value of the
@@ -454,10 +471,14 @@ def _store_index(var: Var, domain: Domain, reductions: list[Node], ctx=None, sto
     if domain.kind == "pointwise":
         return unravel(it["o"], var.shape)
     if domain.kind == "contraction":
-        dot = next(n for n in reductions if n.prim.kind == "contraction")
-        return _epilogue_index(var, dot, domain, *ctx, store)
-    r, c = it["r"], it["c"]
-    if var.numel == domain.size:
+        dot = next((n for n in reductions if n.prim.kind == "contraction"), None)
+        if dot is not None:
+            return _epilogue_index(var, dot, domain, *ctx, store)
+        # a value riding along (see _joint): rows b*M + m, columns n
+        r, c, rows = it["b"] * domain.rows + it["m"], it["n"], domain.size * domain.rows
+    else:
+        r, c, rows = it["r"], it["c"], domain.size
+    if var.numel == rows:
         return unravel(r, var.shape)
     for red in reductions:  # per-element store: lay rows and columns out as the reduction does
         x = red.inputs[0]
@@ -525,6 +546,8 @@ def _push(node: Node, u: Var, index: Index, e: Idx | None, domain: Domain) -> In
         return tuple(index[p] for p in node.params["perm"])
     if prim is P.reshape:
         return reshape_index(index, u.shape, out.shape)
+    if prim is P.slice_ and out.shape == u.shape:  # a slice of everything (jacrev splits its outputs so)
+        return index
     if prim is P.broadcast_in_dim and e is not None and "n" in deps and not any(e.deps & i.deps for i in index):
         dims = node.params["dims"]
         spread = [d for d in range(len(out.shape)) if d not in dims or u.shape[dims.index(d)] != out.shape[d]]
@@ -662,19 +685,36 @@ def schedule(graph: Graph) -> Program:
         try:
             steps = _assign(graph, materialized, producers, position, opaque)
         except NotFusable as e:
-            assert e.var not in materialized, f"tritonfunc: {e.var} is materialized yet not fusable"  # pragma: debug
+            assert e.var not in materialized, f"tritonfunc: {e.var} is materialized yet not fusable"
             materialized.add(e.var)
             continue
-        # A reduction, scan or dot planned into several kernels would be recomputed by each: store it once.
-        owners: dict[Var, set[int]] = {}
-        for k, step in enumerate(steps):
-            for e in step.kernel.entries if isinstance(step, KernelStep) else []:
-                if e.op in ("reduce", "scan", "dot"):
-                    owners.setdefault(e.var, set()).add(k)
-        shared = [v for v, ks in owners.items() if len(ks) > 1]
+        shared = _shared(steps)
         if not shared:
-            return Program(graph, steps)
+            break
         materialized.update(shared)
+    # A value stored on the way that no step reads any more (the kernels around it now compute it
+    # where they need it): one more plan without it, kept if it needs nothing else stored.
+    kept = {v for v in graph.outputs} | {v for n in opaque for v in n.inputs}
+    read = {v for step in steps for v in step.inputs}
+    dead = {v for v in materialized if v not in kept and v not in read}
+    if dead:
+        try:
+            pruned = _assign(graph, materialized - dead, producers, position, opaque)
+            if not _shared(pruned):
+                steps = pruned
+        except NotFusable:
+            pass
+    return Program(graph, steps)
+
+
+def _shared(steps) -> list[Var]:
+    """Reductions, scans and dots planned into several kernels: each would recompute them."""
+    owners: dict[Var, set[int]] = {}
+    for k, step in enumerate(steps):
+        for e in step.kernel.entries if isinstance(step, KernelStep) else []:
+            if e.op in ("reduce", "scan", "dot"):
+                owners.setdefault(e.var, set()).add(k)
+    return [v for v, ks in owners.items() if len(ks) > 1]
 
 
 def _joint(a: Domain, b: Domain) -> Domain | None:
@@ -682,10 +722,20 @@ def _joint(a: Domain, b: Domain) -> Domain | None:
 
     A pointwise value of R or R*C elements can ride along in a row kernel, stored per row or per
     element, unless the row kernel loops over long rows (it would recompute the value per loop).
+    In a contraction kernel of batch x [M x N], a pointwise value of batch*M*N elements rides along
+    per element, and a row reduction over batch*M rows of N columns per row (rows that fit its tile).
     """
     if a == b:
         return a
-    if "contraction" in (a.kind, b.kind) or (a.kind == "rows" and b.kind == "rows"):
+    if a.kind == "contraction" or b.kind == "contraction":
+        dot, other = (a, b) if a.kind == "contraction" else (b, a)
+        if other.kind == "pointwise" and other.size == dot.size * dot.rows * dot.cols:
+            return dot
+        rows_fit = other.kind == "rows" and dot.cols <= MAX_EPILOGUE_ROW
+        if rows_fit and (other.size, other.cols) == (dot.size * dot.rows, dot.cols):
+            return dot
+        return None
+    if a.kind == "rows" and b.kind == "rows":
         return None
     rows, flat = (a, b) if a.kind == "rows" else (b, a)
     if rows.cols <= MAX_ROW_TILE and flat.size in (rows.size, rows.size * rows.cols):
@@ -695,7 +745,8 @@ def _joint(a: Domain, b: Domain) -> Domain | None:
 
 def _assign(graph, materialized, producers, position, opaque) -> list[KernelStep | TorchStep]:
     """Places each materialized value in the first kernel of its shape that runs after its inputs,
-    and each opaque node in a torch call after its inputs' kernels, in graph order."""
+    and each opaque node in a torch call after its inputs' kernels, in graph order.  A value computed
+    from what a contraction kernel stores joins that kernel's epilogue when it can (`_join`)."""
     steps: list[KernelStep | TorchStep] = []
     owner: dict[Var, int] = {}
     dot_kernel: dict[Node, int] = {}  # the kernel computing each contraction
@@ -707,6 +758,11 @@ def _assign(graph, materialized, producers, position, opaque) -> list[KernelStep
             continue
         var = item
         if var.numel == 0:  # nothing to compute: the runtime allocates it empty
+            continue
+        slot = _join(var, steps, owner, materialized, producers)
+        if slot is not None:
+            steps[slot].kernel.stores.append((var, None))
+            owner[var] = slot
             continue
         reductions = _region_reductions(var, materialized, producers)
         domain = _domain_for(var, reductions)
@@ -739,13 +795,53 @@ def _assign(graph, materialized, producers, position, opaque) -> list[KernelStep
         kernel.stores.append((var, None))
         owner[var] = slot
     for step in steps:  # plan each kernel's stores together, sharing common entries
-        if not isinstance(step, KernelStep):
-            continue
-        kernel = step.kernel
-        planner = _Planner(kernel.domain, materialized, producers)
-        for i, (var, _) in enumerate(kernel.stores):
-            reductions = _region_reductions(var, materialized, producers)
-            index = _store_index(var, kernel.domain, reductions, (materialized, producers), i)
-            kernel.stores[i] = (var, planner.value(var, index, stored=True))
-        kernel.entries = planner.order
+        if isinstance(step, KernelStep):
+            step.kernel.entries = _plan(step.kernel, [v for v, _ in step.kernel.stores], materialized, producers)
     return steps
+
+
+def _plan(kernel: Kernel, stores: list[Var], materialized: set[Var], producers) -> list[Entry]:
+    """Plans the kernel's stores in one planner (common entries shared).  What the kernel itself
+    stores is computed where another of its values needs it, never loaded back."""
+    inside = materialized - set(stores)
+    planner = _Planner(kernel.domain, inside, producers)
+    for i, var in enumerate(stores):
+        reductions = _region_reductions(var, inside, producers)
+        index = _store_index(var, kernel.domain, reductions, (inside, producers), i)
+        kernel.stores[i] = (var, planner.value(var, index, stored=True))
+    return planner.order
+
+
+def _join(var: Var, steps, owner, materialized, producers) -> int | None:
+    """The contraction kernel whose epilogue `var` can join: the last one storing a value var is
+    computed from, if var, planned there with those values computed in the kernel, reads nothing
+    that kernel or a later one stores.  (A per-sample gradient's outer product so joins the kernel
+    that stores its factor; a softmax's row statistics join the kernel computing the logits.)"""
+    region, frontier = set(), [var]
+    while frontier:
+        v = frontier.pop()
+        node = producers.get(v)
+        if node is None or v in region:
+            continue
+        region.add(v)
+        if v in materialized and v is not var:
+            continue
+        frontier.extend(node.inputs)
+    kernels = {owner[v] for v in region if v in owner and v is not var}
+    gemms = [k for k in kernels if isinstance(steps[k], KernelStep) and steps[k].kernel.domain.kind == "contraction"]
+    if not gemms:
+        return None
+    slot = max(gemms)
+    kernel = steps[slot].kernel
+    stores = [v for v, _ in kernel.stores] + [var]
+    trial = Kernel(kernel.domain, [(v, None) for v in stores])
+    try:
+        inside = materialized - set(stores)
+        if not any(n.prim.kind == "contraction" for n in _region_reductions(var, inside, producers)):
+            return None
+        entries = _plan(trial, stores, materialized, producers)
+    except NotFusable:
+        return None
+    if any(owner.get(e.var, -1) >= slot for e in entries if e.op == "load"):
+        return None
+    return slot
