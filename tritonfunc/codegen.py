@@ -529,14 +529,15 @@ MAX_GRID_Y = 65535
 
 def _contraction_body(em: _Emitter, kernel: Kernel, body: list[str], big: bool, target: str):
     """The template of kernels/contraction.py around the kernel's dots: the program order, one k loop
-    per dot with its operands' producers inside (the prologue), then the epilogue at (b, m, n), row
-    reductions along n, the stores, and an outer loop for each store with an outer variable e."""
+    per dot with its operands' producers inside (the prologue), a loop for each per-row reduction
+    not along the tile's row, then the epilogue at (b, m, n) with its row reductions along n, the
+    stores, and an outer loop for each store with an outer variable e."""
     d = kernel.domain
     dots = [e for e in kernel.entries if e.op == "dot"]
     ks = {e.loop: schedule.contraction_sizes(e.node)[2] for e in dots}
     extents = _var_extents(kernel)
     outer = [(i, v, e) for i, (v, e) in enumerate(kernel.stores) if f"e{i}" in _index_deps(e)]
-    whole_rows = any(e.op == "reduce" for e in kernel.entries)
+    whole_rows = any(e.op == "reduce" and e.loop is None for e in kernel.entries)
     dtype = dots[0].node.inputs[0].dtype
     tiles = contraction_kernels.choose_tiles(d.rows, d.cols, max(ks.values()), dtype, target, whole_rows, bool(outer))
     bm, bn = tiles.bm, tiles.bn
@@ -556,29 +557,13 @@ def _contraction_body(em: _Emitter, kernel: Kernel, body: list[str], big: bool, 
     if big:
         body.append("b = b.to(tl.int64)")
     tf32 = contraction_kernels.matmul_allows_tf32()
-    for dot in dots:
-        i, k = dot.loop, ks[dot.loop]
-        bk = max(contraction_kernels.MIN_TILE, min(tiles.bk, _pow2(k)))
-        pre, inner = [], []
-        scope = Scope(pre, inner, {f"ka{i}", f"kb{i}"})
-        a = _dot_operand(em, dot.inputs[0], scope, f"ka{i}", "m", (bm, bk))
-        b = _dot_operand(em, dot.inputs[1], scope, f"kb{i}", "n", (bk, bn))
-        acc, acc_type = f"acc{i}", "tl.float64" if dot.var.dtype == torch.float64 else "tl.float32"
-        body += pre
-        body += [f"{acc} = tl.zeros([{bm}, {bn}], dtype={acc_type})", f"for k0 in range(0, {k}, {bk}):"]
-        body += [
-            f"    ka{i} = k0{wide} + tl.arange(0, {bk})[None, :]",
-            f"    kb{i} = k0{wide} + tl.arange(0, {bk})[:, None]",
-            f"    kamask{i} = ka{i} < {k}",
-            f"    kbmask{i} = kb{i} < {k}",
-        ]
-        body += ["    " + line for line in inner]
-        body.append(f"    {acc} = " + contraction_kernels.dot_call(a, b, acc, dot.node.inputs[0].dtype, tf32))
-        em.forget_column_values()
-        em.names[id(dot)] = (acc, False)
-    for e in kernel.entries:  # the epilogue's row reductions, dependencies first
-        if e.op == "reduce":
-            _finish_reduction(em, e, em.expr(e.inputs[0], Scope(body)), body)
+    for entry in kernel.entries:  # dependencies first: k loops, reductions' own loops, row reductions
+        if entry.op == "dot":
+            _dot_loop(em, entry, ks[entry.loop], tiles, body, wide, tf32)
+        elif entry.op == "reduce" and entry.loop is not None:
+            _reduction_loop(em, entry, extents[f"kr{entry.loop}"], bm, body, wide)
+        elif entry.op == "reduce":
+            _finish_reduction(em, entry, em.expr(entry.inputs[0], Scope(body)), body)
     for i, (v, e) in enumerate(kernel.stores):
         if f"e{i}" not in _index_deps(e):
             em.store(v, e, Scope(body))
@@ -604,6 +589,52 @@ def _contraction_body(em: _Emitter, kernel: Kernel, body: list[str], big: bool, 
             fits = e.var.numel * e.var.dtype.itemsize <= L2_REUSE_BYTES
             passes[e.var] = max(passes.get(e.var, 1), 1 if fits else tiles_other)
     return grid, passes, tiles.warps, tiles.stages
+
+
+def _dot_loop(em: _Emitter, dot: Entry, k: int, tiles, body: list[str], wide: str, tf32: bool):
+    """acc<i> = the dot over its k loop, its operands' producers inside the loop (the prologue)."""
+    i, bm, bn = dot.loop, tiles.bm, tiles.bn
+    bk = max(contraction_kernels.MIN_TILE, min(tiles.bk, _pow2(k)))
+    pre, inner = [], []
+    scope = Scope(pre, inner, {f"ka{i}", f"kb{i}"})
+    a = _dot_operand(em, dot.inputs[0], scope, f"ka{i}", "m", (bm, bk))
+    b = _dot_operand(em, dot.inputs[1], scope, f"kb{i}", "n", (bk, bn))
+    acc, acc_type = f"acc{i}", "tl.float64" if dot.var.dtype == torch.float64 else "tl.float32"
+    body += pre
+    body += [f"{acc} = tl.zeros([{bm}, {bn}], dtype={acc_type})", f"for k0 in range(0, {k}, {bk}):"]
+    body += [
+        f"    ka{i} = k0{wide} + tl.arange(0, {bk})[None, :]",
+        f"    kb{i} = k0{wide} + tl.arange(0, {bk})[:, None]",
+        f"    kamask{i} = ka{i} < {k}",
+        f"    kbmask{i} = kb{i} < {k}",
+    ]
+    body += ["    " + line for line in inner]
+    body.append(f"    {acc} = " + contraction_kernels.dot_call(a, b, acc, dot.node.inputs[0].dtype, tf32))
+    em.forget_column_values()
+    em.names[id(dot)] = (acc, False)
+
+
+def _reduction_loop(em: _Emitter, entry: Entry, extent: int, bm: int, body: list[str], wide: str):
+    """A per-row reduction of a contraction kernel not along its tile's row: a loop of its own over
+    the reduced elements, accumulating [BM, block] tiles, then reduced along axis 1."""
+    i, rule = entry.loop, REDUCTIONS[entry.node.prim]
+    block = max(contraction_kernels.MIN_TILE, min(_pow2(extent), max(16, ROW_TILE // bm)))
+    acc_dtype = torch.int32 if entry.var.dtype == torch.bool else entry.var.dtype
+    ident = literal(entry.node.prim.identity(entry.var.dtype), acc_dtype)
+    acc = em.fresh("acc")
+    pre, inner = [], []
+    scope = Scope(pre, inner, {f"kr{i}"})
+    value = em.expr(entry.inputs[0], scope)
+    if entry.var.dtype == torch.bool:
+        value = f"{value}.to(tl.int32)"
+    body += pre
+    body += [f"{acc} = tl.full([{bm}, {block}], {ident}, {tl_dtype(acc_dtype)})"]
+    body += [f"for r0 in range(0, {extent}, {block}):"]
+    body += [f"    kr{i} = r0{wide} + tl.arange(0, {block})[None, :]", f"    krmask{i} = kr{i} < {extent}"]
+    body += ["    " + line for line in inner]
+    body.append(f"    {acc} = " + rule.combine.format(a=acc, b=f"tl.where(mmask & krmask{i}, {value}, {ident})"))
+    em.forget_column_values()
+    _finish_reduction(em, entry, acc, body, accumulated=True)
 
 
 def _dot_operand(em: _Emitter, entry: Entry, scope: Scope, k: str, row: str, shape: tuple[int, int]) -> str:

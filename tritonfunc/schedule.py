@@ -348,18 +348,23 @@ class _Planner:
         (x,) = node.inputs
         axes = node.params["axes"]
         reduced = math.prod(x.shape[a] for a in axes)
-        along = REDUCED_VAR.get(self.domain.kind)
-        if self.domain.kind == "contraction" and not index_deps <= {"b", "m"}:
-            raise NotFusable(self._prologue_frontier())  # the epilogue's rows only, not a prologue's
-        if along is None or reduced != self.domain.cols or along in index_deps:
+        along, loop = REDUCED_VAR.get(self.domain.kind), None
+        if self.domain.kind == "contraction":
+            if not index_deps <= {"b", "m"}:  # per output row only (never a prologue's: see below)
+                raise NotFusable(self._prologue_frontier())
+            if reduced != self.domain.cols or self.domain.cols > MAX_EPILOGUE_ROW:
+                # not along the tile's row: a loop of its own over the reduced elements (a bias
+                # gradient beside its weight gradient, a count of targets), before the epilogue
+                loop = self.loops
+                self.loops += 1
+        elif along is None or reduced != self.domain.cols or along in index_deps:
             raise NotFusable(node.out)
-        if self.domain.kind == "contraction" and self.domain.cols > MAX_EPILOGUE_ROW:
-            raise NotFusable(node.out)  # the row must fit one output tile
-        cols = iter(unravel(self.vars[along], tuple(x.shape[a] for a in axes)))
+        along = self.vars[along] if loop is None else Idx.var(f"kr{loop}", reduced)
+        cols = iter(unravel(along, tuple(x.shape[a] for a in axes)))
         kept = iter(index)
         in_index = tuple(next(cols) if d in axes else next(kept) for d in range(len(x.shape)))
         inp = self.value(x, in_index)
-        return Entry(node.out, index, "reduce", node, [inp], index_deps, inp.stage + 1)
+        return Entry(node.out, index, "reduce", node, [inp], index_deps, inp.stage + 1, loop)
 
     def _dot(self, node: Node, index: Index, index_deps) -> Entry:
         """A dot is computed only in a contraction kernel of its own (batch, M, N), at its natural
@@ -723,7 +728,7 @@ def _joint(a: Domain, b: Domain) -> Domain | None:
     A pointwise value of R or R*C elements can ride along in a row kernel, stored per row or per
     element, unless the row kernel loops over long rows (it would recompute the value per loop).
     In a contraction kernel of batch x [M x N], a pointwise value of batch*M*N elements rides along
-    per element, and a row reduction over batch*M rows of N columns per row (rows that fit its tile).
+    per element, and a row reduction over batch*M rows per row.
     """
     if a == b:
         return a
@@ -731,9 +736,8 @@ def _joint(a: Domain, b: Domain) -> Domain | None:
         dot, other = (a, b) if a.kind == "contraction" else (b, a)
         if other.kind == "pointwise" and other.size == dot.size * dot.rows * dot.cols:
             return dot
-        rows_fit = other.kind == "rows" and dot.cols <= MAX_EPILOGUE_ROW
-        if rows_fit and (other.size, other.cols) == (dot.size * dot.rows, dot.cols):
-            return dot
+        if other.kind == "rows" and other.size == dot.size * dot.rows:
+            return dot  # reduced along the tile's rows when they fit it, else in a loop of its own
         return None
     if a.kind == "rows" and b.kind == "rows":
         return None
