@@ -1,0 +1,210 @@
+"""What contraction kernels fuse, checked with record_launches(): launch counts, bytes against the ideal
+(every input read once, every output written once) and tl.dot in the source, on the interpreter.
+Values are checked against torch.func in each test too (float32: tl.dot in fp32)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.func
+import torch.nn.functional as F
+from autodiff_helpers import assert_same
+from helpers import TOLERANCES
+from torch.utils import _pytree as pytree
+from tritonfunc.kernels import contraction as templates
+from vmap_helpers import make
+
+import tritonfunc
+from tritonfunc import runtime
+from tritonfunc.trace import trace
+
+F32 = TOLERANCES[torch.float32]
+
+
+def nbytes(tree) -> int:
+    return sum(t.numel() * t.element_size() for t in pytree.tree_leaves(tree) if isinstance(t, torch.Tensor))
+
+
+def recorded(fn, *args):
+    with tritonfunc.record_launches() as rec:
+        out = fn(*args)
+    return out, rec
+
+
+def moved(rec) -> int:
+    return rec.bytes_read + rec.bytes_written
+
+
+def mlp_params(d_in, hidden, d_out, seed=0):
+    shapes = [(hidden, d_in), (hidden,), (d_out, hidden), (d_out,)]
+    w1, b1, w2, b2 = (make(*s, dtype=torch.float32, seed=seed + i) for i, s in enumerate(shapes))
+    return (w1 / d_in**0.5, b1, w2 / hidden**0.5, b2)
+
+
+def mlp(params, x):
+    w1, b1, w2, b2 = params
+    return F.linear(torch.tanh(F.linear(x, w1, b1)), w2, b2)
+
+
+def test_a_linear_layer_with_bias_and_activation_is_one_gemm(interpreter):
+    x, w, b = make(40, 24, dtype=torch.float32), make(18, 24, seed=1, dtype=torch.float32), make(18, seed=2)
+    f = lambda x, w, b: torch.tanh(F.linear(x, w, b.float()))
+    out, rec = recorded(tritonfunc.jit(f), x, w, b)
+    assert_same(out, f(x, w, b), rtol=F32[0], atol=F32[1])
+    (launch,) = rec.launches
+    assert "tl.dot" in launch.source and "tanh" in launch.source
+    assert moved(rec) <= 1.05 * nbytes((x, w, b.float(), out))
+
+
+def test_prologue_fuses_scale_cast_and_activation_derivative(interpreter):
+    """An operand computed elementwise from inputs is computed in the k loop, never stored."""
+    h, g = make(40, 32, dtype=torch.float32), make(40, 32, seed=1, dtype=torch.float32)
+    w = make(32, 24, seed=2, dtype=torch.float64)
+    f = lambda h, g, w: ((1 - h * h) * g * 0.5) @ w.float()
+    out, rec = recorded(tritonfunc.jit(f), h, g, w)
+    assert_same(out, f(h, g, w), rtol=F32[0], atol=F32[1])
+    assert rec.count == 1 and "tl.dot" in rec.launches[0].source
+
+
+def test_vmaps_batch_lands_on_grid_axis_1(interpreter):
+    a, b = make(6, 20, 24, dtype=torch.float32), make(6, 24, 18, seed=1, dtype=torch.float32)
+    out, rec = recorded(tritonfunc.vmap(torch.mm), a, b)
+    assert_same(out, torch.func.vmap(torch.mm)(a, b), rtol=F32[0], atol=F32[1])
+    (launch,) = rec.launches
+    assert launch.grid[1] == 6 and "tl.program_id(1)" in launch.source
+
+
+def test_a_vmap_over_one_operand_is_one_bigger_gemm(interpreter):
+    """vmap(x @ W) over x: the batch is a free axis of x, so M = batch * rows and W is read once."""
+    x, w = make(5, 8, 24, dtype=torch.float32), make(24, 18, seed=1, dtype=torch.float32)
+    out, rec = recorded(tritonfunc.vmap(torch.mm, in_dims=(0, None)), x, w)
+    assert_same(out, torch.func.vmap(torch.mm, in_dims=(0, None))(x, w), rtol=F32[0], atol=F32[1])
+    (launch,) = rec.launches
+    assert launch.grid == (2, 1) and moved(rec) == nbytes((x, w, out))
+
+
+def test_a_sum_over_the_vmapped_batch_is_one_gemm(interpreter):
+    """The weight gradient of a linear layer over a batch contracts the batch: K = batch."""
+    x, w = make(64, 24, dtype=torch.float32), make(18, 24, seed=1, dtype=torch.float32)
+    loss = lambda w, x: torch.tanh(F.linear(x, w)).sum()
+    out, rec = recorded(tritonfunc.grad(loss), w, x)
+    assert_same(out, torch.func.grad(loss)(w, x), rtol=F32[0], atol=F32[1])
+    assert rec.count == 2 and all("tl.dot" in launch.source for launch in rec.launches)
+
+
+def test_a_row_softmax_is_the_gemms_epilogue(interpreter):
+    q, k = make(4, 32, 16, dtype=torch.float32), make(4, 48, 16, seed=1, dtype=torch.float32)
+    f = lambda q, k: torch.softmax(q @ k.transpose(-1, -2), -1)
+    out, rec = recorded(tritonfunc.jit(f), q, k)
+    assert_same(out, f(q, k), rtol=F32[0], atol=F32[1])
+    (launch,) = rec.launches
+    assert launch.grid[1] == 4 and "tl.sum" in launch.source and moved(rec) == nbytes((q, k, out))
+
+
+def test_the_jvp_of_a_product_sums_two_dots_in_one_kernel(interpreter):
+    a, b = make(40, 24, dtype=torch.float32), make(24, 32, seed=1, dtype=torch.float32)
+    ta, tb = make(40, 24, seed=2, dtype=torch.float32), make(24, 32, seed=3, dtype=torch.float32)
+    out, rec = recorded(lambda *p: tritonfunc.jvp(torch.mm, p[:2], p[2:]), a, b, ta, tb)
+    assert_same(out, torch.func.jvp(torch.mm, (a, b), (ta, tb)), rtol=F32[0], atol=F32[1])
+    assert rec.count == 1 and rec.launches[0].source.count("tl.dot(") == 3
+
+
+def test_a_per_sample_weight_gradient_is_written_by_the_gemm_holding_both_factors(interpreter):
+    """vmap(grad) of a linear layer: dW[b] = g[b] x[b]^T, g from the forward GEMM's epilogue and x
+    loaded beside it; the per-sample gradients are written once, by the one kernel."""
+    w, x = make(32, 24, dtype=torch.float32), make(64, 24, seed=1, dtype=torch.float32)
+    f = lambda w, x: torch.tanh(F.linear(x, w)).sum()
+    out, rec = recorded(tritonfunc.vmap(tritonfunc.grad(f), in_dims=(None, 0)), w, x)
+    assert_same(out, torch.func.vmap(torch.func.grad(f), in_dims=(None, 0))(w, x), rtol=F32[0], atol=F32[1])
+    (launch,) = rec.launches
+    assert "tl.dot" in launch.source and "e_start" in launch.source
+    assert moved(rec) <= 1.05 * nbytes((w, x, out))
+
+
+def xent(params, x, t):
+    return F.cross_entropy(mlp(params, x)[None], t[None])
+
+
+def test_per_sample_gradients_of_a_two_layer_mlp_in_three_launches(interpreter):
+    """The issue's target: <= 3 launches at <= 1.5x the ideal bytes, on tensor cores."""
+    params, x = mlp_params(32, 32, 16), make(64, 32, seed=5, dtype=torch.float32)
+    t = torch.arange(64) % 16
+    program = lambda ft: ft.vmap(ft.grad(xent), in_dims=(None, 0, 0))
+    out, rec = recorded(program(tritonfunc), params, x, t)
+    want = program(torch.func)(params, x, t)
+    assert_same(out, want, rtol=F32[0], atol=F32[1])
+    assert rec.count <= 3 and all("tl.dot" in launch.source for launch in rec.launches)
+    assert moved(rec) <= 1.5 * nbytes((params, x, t, want))
+
+
+def test_an_ensemble_forward_is_one_launch_per_layer(interpreter):
+    models = [mlp_params(32, 32, 16, seed=10 * i) for i in range(4)]
+    stacked = tuple(torch.stack(p) for p in zip(*models))
+    x = make(64, 32, seed=3, dtype=torch.float32)
+    program = lambda ft: ft.vmap(mlp, in_dims=(0, None))
+    out, rec = recorded(program(tritonfunc), stacked, x)
+    assert_same(out, program(torch.func)(stacked, x), rtol=F32[0], atol=F32[1])
+    assert rec.count == 2 and all("tl.dot" in launch.source for launch in rec.launches)
+    assert rec.launches[1].grid[1] == 4  # the second layer: one model per grid row
+
+
+def test_an_hvp_of_a_batch_loss_is_one_launch_per_gemm_level(interpreter):
+    """jvp(grad(loss)) in the parameters: every bias gradient is summed in its weight gradient's
+    kernel, every softmax statistic in its logits' kernel: five GEMM launches, nothing else."""
+    params, x = mlp_params(32, 32, 16), make(64, 32, seed=5, dtype=torch.float32)
+    t, v = torch.arange(64) % 16, mlp_params(32, 32, 16, seed=20)
+    loss = lambda p, x, t: F.cross_entropy(mlp(p, x), t)
+    program = lambda ft: lambda p, v, x, t: ft.jvp(lambda q: ft.grad(loss)(q, x, t), (p,), (v,))
+    out, rec = recorded(program(tritonfunc), params, v, x, t)
+    want = program(torch.func)(params, v, x, t)
+    assert_same(out, want, rtol=1e-4, atol=1e-5)
+    assert rec.count == 5 and all("tl.dot" in launch.source for launch in rec.launches)
+
+
+def test_small_contractions_stay_in_the_fused_row_kernels(interpreter):
+    """K < 16 (or M, N < 16): a dot product is a row reduction fused with what surrounds it."""
+    x, w = make(40, 8, dtype=torch.float32), make(8, seed=1, dtype=torch.float32)
+    f = lambda x, w: torch.softmax(x * (x @ w)[:, None], -1)
+    out, rec = recorded(tritonfunc.jit(f), x, w)
+    assert_same(out, f(x, w), rtol=F32[0], atol=F32[1])
+    assert rec.count == 1 and "tl.dot" not in rec.launches[0].source
+
+
+def test_float32_follows_torchs_tf32_setting(interpreter):
+    x, w = make(32, 32, dtype=torch.float32), make(32, 32, seed=1, dtype=torch.float32)
+    before = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for allowed, precision in [(False, "ieee"), (True, "tf32")]:
+            torch.backends.cuda.matmul.allow_tf32 = allowed
+            out, rec = recorded(tritonfunc.jit(torch.mm), x, w)
+            assert f'input_precision="{precision}"' in rec.launches[0].source
+            assert_same(out, x @ w, rtol=F32[0], atol=F32[1])  # the interpreter is exact fp32 either way
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
+def test_the_h100_tiles_compile_for_sm90(dtype):
+    """The sm_90 configurations (128 x 128 tiles, pipelined k loops) of a linear layer and of a
+    per-sample weight gradient compile, and fit the H100's shared memory, in every dtype."""
+    w, x = torch.empty(512, 768, dtype=dtype, device="meta"), torch.empty(4096, 768, dtype=dtype, device="meta")
+    f = lambda w, x: torch.tanh(F.linear(x, w)).sum()
+    for fn in (lambda w, x: torch.tanh(F.linear(x, w)), tritonfunc.vmap(tritonfunc.grad(f), in_dims=(None, 0))):
+        graph, _, _ = trace(fn, (w, x), {})
+        program = runtime.program_for(graph, [w, x], "sm90")
+        assert any("tl.dot" in step.source.source for step in program.kernel_steps)
+        for step in program.kernel_steps:
+            meta = runtime.compile_for_sm90(step.source)
+            assert meta["shared"] <= 232448, (step.source.name, meta)
+
+
+def test_tile_table_shrinks_to_the_problem():
+    tiles = templates.choose_tiles(20, 300, 8, torch.float16, "sm90", whole_rows=False, outer=False)
+    assert (tiles.bm, tiles.bn, tiles.bk) == (32, 128, 16)
+    tiles = templates.choose_tiles(4096, 200, 512, torch.float32, "sm90", whole_rows=True, outer=False)
+    assert tiles.bn == 256 and tiles.bm * tiles.bn <= 128 * 128
+    tiles = templates.choose_tiles(4096, 128, 512, torch.float32, "sm90", whole_rows=False, outer=True)
+    assert tiles.bm * tiles.bn * templates.MIN_OUTER_BLOCK <= templates.OUTER_TILE
+    assert math.log2(tiles.bm).is_integer() and math.log2(tiles.bn).is_integer()
