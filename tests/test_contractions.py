@@ -1,9 +1,9 @@
 """Every matmul form is one dot_general: values and every transform against torch.func.
 
 Each form runs under jit (against eager torch), jvp, vjp and grad (check_transforms), and vmap over
-each operand and over both, in float64 on both CPU backends; sizes are at least 16 in M, N and K
-where the form allows, so the interpreter runs the tl.dot template kernel (a form whose M or N is 1,
-a dot or an outer product, is expanded into the fused multiply and sum instead).  Then float32 (tl.dot
+each operand and over both, in float64 on both CPU backends; the interpreter runs the tl.dot
+template kernel for every form with a matrix's shape (a form whose M or N is 1, a matrix-vector or a
+dot product, and an outer product are expanded into the fused multiply and sum instead).  Then float32 (tl.dot
 in fp32), float16 and bfloat16 with loose tolerances, and the compositions users run most: hessian,
 jacrev of a network, vmap(jacfwd(jacrev)), per-sample gradients, nested vmaps.
 """

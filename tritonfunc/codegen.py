@@ -1,7 +1,9 @@
 """Codegen: a scheduled kernel becomes deterministic, readable Triton source.
 
 The source is fully specialised: shapes, strides and block sizes are literals, so the only kernel
-arguments are pointers (inputs first, then outputs).  Half-precision values are computed in fp32:
+arguments are pointers (inputs first, then outputs).  Contraction kernels follow the template of
+kernels/contraction.py, with the block sizes of its tile table for the target (the interpreter or
+sm_90).  Half-precision values are computed in fp32:
 loaded, widened at once, and rounded on the way out.  The bytes a launch moves are counted here,
 at the load and store sites: each buffer's distinct addressed elements, once per pass over it.
 """

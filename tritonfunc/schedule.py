@@ -1,19 +1,27 @@
 """Scheduling: the graph passes, then which values reach global memory, grouped into a Program.
 
-The passes (split long reductions, fold trivial ones, CSE, DCE) rewrite the graph; `schedule` then
-orders the work into steps: generated kernels, and torch calls for OPAQUE nodes (whose inputs reach
-memory and whose outputs kernels read like graph inputs).
+The passes (expand small contractions, split long reductions, fold trivial ones, CSE, DCE) rewrite
+the graph; `schedule` then orders the work into steps: generated kernels, and torch calls for OPAQUE
+nodes (whose inputs reach memory and whose outputs kernels read like graph inputs).
 Every other value that reaches memory ("materialized": graph outputs, and reductions that cannot share a
 kernel with their consumers) is computed by one kernel.  Inside a kernel nothing else touches
 memory: each stored value is computed by walking back through its producers to materialized values,
-at the index tuple the walk derives (`Entry`).  Kernels come in two shapes:
+at the index tuple the walk derives (`Entry`).  Kernels come in three shapes:
   - pointwise: one program axis over the N elements of the stored values (variable `o`);
   - rows: R rows x C reduced columns (variables `r`, `c`).  Every reduction in the kernel reduces
     C columns and is requested at an index that depends on the row only; values may be stored per
     row (R elements) or per element (R*C), so softmax, layer_norm and logsumexp are one kernel.
     A scan (cumsum) runs along the C columns of a row held in registers, and is requested where
     the kernel lays rows and columns out as the scan does.
-Values with the same kernel shape and no dependency between them share a launch.
+  - contraction: a tl.dot GEMM (kernels/contraction.py) over batch x [M x N] output tiles
+    (variables `b`, `m`, `n`).  Each dot_general is computed at (b, m, n); its operands are walked at
+    (b, m, ka) and (b, kb, n), so their producers run in the k loop (the prologue).  Values computed
+    from the dot are stored from the tile where the dot's index pushes forward to theirs (the
+    epilogue, see `_epilogue_index`): elementwise chains, views, reductions along a row that fits
+    the tile, and an outer product written in a loop over its extra axis; per-row reductions along
+    other axes run in loops of their own.
+Values with the same kernel shape and no dependency between them share a launch; a value computed
+from what a contraction kernel stores joins that kernel when it can (`_join`).
 """
 
 from __future__ import annotations
@@ -40,13 +48,17 @@ MAX_EPILOGUE_ROW = 256
 SPLIT_MIN_ELEMENTS = 1 << 16
 SPLIT_MAX_ROWS = 64
 SPLIT_CHUNK = 2048
-# Contractions run on tensor cores (a tl.dot template kernel) only when each of M, N and K is at least
-# MIN_DOT_DIM.  Below it a contraction is memory-bound even on CUDA cores (a GEMM does at most about
-# min(M, N, K) multiply-adds per element it moves), and tl.dot's smallest tile (16 in each dimension
-# on sm_90 with triton 3.6) would be mostly padding: it is expanded into a broadcast multiply and a
-# sum, which fuse with their neighbours (a dot product inside a row kernel, an outer product in a
-# pointwise kernel).
+# A contraction runs as a tl.dot template kernel when it has a matrix's shape: at least 2 along each
+# of M, N and K, and at least MIN_DOT_DIM along one of them.  A matrix-vector product (N = 1), a dot
+# product and an outer product (K = 1) are expanded into a broadcast multiply and a sum, which fuse
+# into the row and pointwise kernels around them (a matvec inside a row softmax is one row kernel).
+# Small sizes are padded to tl.dot's tiles (16 in each dimension on sm_90 with triton 3.6): that
+# wastes tensor-core work on a contraction that is memory-bound anyway, but the GEMM kernel is what
+# fuses the epilogue (a cross-entropy over 10 classes, a per-sample outer product): measured on the
+# perf suite's plans at GPU sizes, requiring 16 in every dimension instead took per-sample gradients
+# of a linear model from 1 to 5 launches, of an MLP 784-128-10 from 3 to 8, an HVP from 5 to 10.
 MIN_DOT_DIM = 16
+MIN_DOT_EXTENT = 2
 DOT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -129,13 +141,13 @@ def contraction_sizes(node: Node) -> tuple[int, int, int, int]:
 def uses_tensor_cores(node: Node) -> bool:
     """Whether a dot_general runs as a tl.dot template kernel (else it is expanded, see below)."""
     m, n, k, _ = contraction_sizes(node)
-    return node.out.dtype in DOT_DTYPES and min(m, n, k) >= MIN_DOT_DIM
+    return node.out.dtype in DOT_DTYPES and min(m, n, k) >= MIN_DOT_EXTENT and max(m, n, k) >= MIN_DOT_DIM
 
 
 def expand_small_contractions(graph: Graph) -> Graph:
-    """A dot_general too small for tensor cores becomes a broadcast multiply and a sum, which fuse into
-    the pointwise and row kernels around it (an outer product is a pointwise kernel, a dot product or
-    a matrix-vector product a row reduction)."""
+    """A dot_general without a matrix's shape (see MIN_DOT_DIM) becomes a broadcast multiply and a
+    sum, which fuse into the pointwise and row kernels around it (an outer product is a pointwise
+    kernel, a dot product or a matrix-vector product a row reduction)."""
     nodes: list[Node] = []
     for n in graph.nodes:
         if n.prim is not P.dot_general or uses_tensor_cores(n):
