@@ -218,3 +218,28 @@ def test_an_epilogue_writes_through_views_where_the_output_lies(interpreter):
     out, rec = recorded(tritonfunc.vmap(f), w)
     assert_same(out, torch.func.vmap(f)(w), rtol=F32[0], atol=F32[1])
     assert rec.count == 1 and moved(rec) == nbytes((a, w, out))
+
+
+def test_an_unfused_contraction_can_run_as_a_torch_call(interpreter, monkeypatch):
+    """The hook for the GPU measurement (schedule.UNFUSED_DOT_AS_TORCH_CALL): a bare product runs as
+    torch's matmul, a fused one stays a kernel."""
+    from tritonfunc import schedule
+
+    monkeypatch.setattr(schedule, "UNFUSED_DOT_AS_TORCH_CALL", True)
+    a, b = make(40, 24, dtype=torch.float32), make(24, 32, seed=1, dtype=torch.float32)
+    out, rec = recorded(tritonfunc.jit(torch.mm), a, b)
+    assert_same(out, a @ b, rtol=F32[0], atol=F32[1])
+    assert [launch.kind for launch in rec.launches] == ["torch"]
+    out, rec = recorded(tritonfunc.jit(lambda a, b: torch.tanh(a @ b)), a, b)
+    assert_same(out, torch.tanh(a @ b), rtol=F32[0], atol=F32[1])
+    assert [launch.kind for launch in rec.launches] == ["kernel"]
+
+
+def test_large_problems_compile_for_sm90():
+    """More batches than grid axis 1 holds fold into axis 0; outputs of 2^31 elements index in int64."""
+    for shapes, wide in [(((70000, 16, 16), (70000, 16, 16)), False), (((65536, 64), (64, 32768)), True)]:
+        a, b = (torch.empty(s, device="meta") for s in shapes)
+        graph, _, _ = trace(torch.matmul, (a, b), {})
+        (step,) = runtime.program_for(graph, [a, b], "sm90").kernel_steps
+        assert step.source.grid[1] == 1 and ("tl.int64" in step.source.source) == wide
+        assert runtime.compile_for_sm90(step.source)["shared"] > 0

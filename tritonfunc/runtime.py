@@ -359,6 +359,7 @@ class Executable:
             else:
                 node = step.node
                 outs = node.prim.impl(*[env[v] for v in node.inputs], **node.params)
+                outs = outs if node.prim.multiple_results else (outs,)  # a template run by torch
                 for v, t in zip(node.outs, outs):
                     _check_opaque_result(node, v, t)
                     # the kernels after it read intermediates as contiguous buffers

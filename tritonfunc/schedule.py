@@ -59,6 +59,12 @@ SPLIT_CHUNK = 2048
 # of a linear model from 1 to 5 launches, of an MLP 784-128-10 from 3 to 8, an HVP from 5 to 10.
 MIN_DOT_DIM = 16
 MIN_DOT_EXTENT = 2
+# Where a contraction's kernel would fuse nothing (both operands read as they lie in memory, the
+# product stored as it is), torch's own matmul (cuBLAS on a GPU) could run it instead, as a torch
+# call.  Not yet measured on a GPU, so off: every contraction is a template kernel.  To decide, time
+# the perf suite's contraction workloads at GPU sizes with this on and off, and keep the torch call
+# only for the shapes where cuBLAS wins.
+UNFUSED_DOT_AS_TORCH_CALL = False
 DOT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -721,7 +727,21 @@ def schedule(graph: Graph) -> Program:
                 steps = pruned
         except NotFusable:
             pass
+    if UNFUSED_DOT_AS_TORCH_CALL:
+        steps = [_as_torch_call(step) for step in steps]
     return Program(graph, steps)
+
+
+def _as_torch_call(step):
+    """A kernel that only multiplies two loaded operands and stores the product, as a torch call."""
+    if not isinstance(step, KernelStep) or len(step.kernel.stores) != 1:
+        return step
+    var, entry = step.kernel.stores[0]
+    if entry.op != "dot" or any(e.op != "load" for e in entry.inputs):
+        return step
+    if any(e.var is not v for e, v in zip(entry.inputs, entry.node.inputs)):
+        return step
+    return TorchStep(entry.node)
 
 
 def _shared(steps) -> list[Var]:
