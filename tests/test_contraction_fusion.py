@@ -17,7 +17,7 @@ from tritonfunc.kernels import contraction as templates
 from vmap_helpers import make
 
 import tritonfunc
-from tritonfunc import runtime
+from tritonfunc import pipeline, runtime
 from tritonfunc.trace import trace
 
 F32 = TOLERANCES[torch.float32]
@@ -243,3 +243,44 @@ def test_large_problems_compile_for_sm90():
         (step,) = runtime.program_for(graph, [a, b], "sm90").kernel_steps
         assert step.source.grid[1] == 1 and ("tl.int64" in step.source.source) == wide
         assert runtime.compile_for_sm90(step.source)["shared"] > 0
+
+
+def clipping_norms(ft, loss):
+    """DP-SGD's per-sample gradient norms over all parameters."""
+
+    def norms(params, *batch):
+        grads = ft.vmap(ft.grad(loss), in_dims=(None,) + (0,) * len(batch))(params, *batch)
+        return torch.stack([g.flatten(1).norm(dim=1) for g in grads]).norm(dim=0)
+
+    return norms
+
+
+def test_clipping_norms_never_form_the_per_sample_gradients(interpreter):
+    """|g x^T| = |g| |x| (ghost norms): the norms of an MLP's per-sample gradients come from the
+    layers' inputs and output gradients alone, in the GEMM kernels of the backward pass."""
+    params, x = mlp_params(32, 32, 16), make(64, 32, seed=5, dtype=torch.float32)
+    t = torch.arange(64) % 16
+    norms = clipping_norms(tritonfunc, xent)
+    out, rec = recorded(tritonfunc.jit(norms), params, x, t)
+    assert_same(out, clipping_norms(torch.func, xent)(params, x, t), rtol=F32[0], atol=F32[1])
+    assert rec.count <= 3
+    per_sample_grads = 4 * 64 * (32 * 32 + 32 + 16 * 32 + 16)
+    assert rec.bytes_written < per_sample_grads / 20
+
+
+def token_loss(params, x):
+    """A linear layer over a sequence: its per-sample weight gradient contracts the tokens."""
+    (w,) = params
+    return torch.tanh(x @ w.T).pow(2).mean()
+
+
+@pytest.mark.parametrize("tokens", [4, 40])
+def test_ghost_norms_over_tokens(backend, tokens):
+    """|G^T X|^2 = <G G^T, X X^T>: Gram matrices of the tokens when they are few (4 tokens of 32),
+    the per-sample gradients themselves when they are not (40)."""
+    params, x = (make(32, 32, seed=1),), make(8, tokens, 32, seed=2)
+    norms = clipping_norms(tritonfunc, token_loss)
+    assert_same(tritonfunc.jit(norms)(params, x), clipping_norms(torch.func, token_loss)(params, x))
+    graph = pipeline.optimize(trace(norms, (params, x), {})[0])
+    grams = [n for n in graph.nodes if n.out.shape == (8, tokens, tokens)]
+    assert bool(grams) == (tokens == 4)

@@ -240,6 +240,8 @@ def opaque(text: str, extent: int | None, deps: frozenset[str]) -> Idx:
 def clamp(index: Idx, lo: int, hi: int) -> Idx:
     """min(max(index, lo), hi): where a fused select reads an operand at positions it discards
     (concatenate, pad), the read must still stay in bounds."""
+    if hi <= lo:  # one position (a stacked piece of size 1): no variable left
+        return Idx.of(lo)
     return opaque(f"tl.minimum(tl.maximum({index.render()}, {lo}), {hi})", hi + 1, index.deps)
 
 

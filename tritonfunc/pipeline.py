@@ -20,6 +20,7 @@ from .graph import Graph, Var, verify
 from .schedule import Program
 
 GRAPH_PASSES = [
+    ("ghost norms", schedule.ghost_norms),
     ("expand small contractions", schedule.expand_small_contractions),
     ("split long reductions", schedule.split_long_reductions),
     ("fold trivial reductions", schedule.fold_trivial_reductions),

@@ -557,13 +557,21 @@ def concat_offsets(sizes: list[int]) -> list[int]:
     return offs
 
 
+def _piece_index(i: Idx, n: int, off: int) -> Idx:
+    """Where piece [off, off + n) of a concatenation is read at position i: i - off where selected;
+    every piece is read (all but one discarded by a select), so in range everywhere.  When i is
+    n * q + r with 0 <= r < n and off a multiple of n (a stack of equal pieces), that is r; else a clamp."""
+    split = i._split(n) if n > 1 else None
+    if split is not None and off % n == 0:
+        return split[1]
+    return clamp(i + (-off), 0, n - 1)
+
+
 def _concat_index(node, index):
-    # Every operand is read (then all but one discarded by a select), so clamp its index into range.
     axis, i = node.params["axis"], index[node.params["axis"]]
     sizes = [v.shape[axis] for v in node.inputs]
     return [
-        index[:axis] + (clamp(i + (-off), 0, n - 1),) + index[axis + 1 :]
-        for n, off in zip(sizes, concat_offsets(sizes))
+        index[:axis] + (_piece_index(i, n, off),) + index[axis + 1 :] for n, off in zip(sizes, concat_offsets(sizes))
     ]
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import primitives as P
-from .graph import Builder, Graph, Node, Var
+from .graph import Builder, Graph, Node, Var, current_builder
 from .indexing import Idx, Index, reshape_index, unravel
 
 # A row kernel keeps a whole row in registers up to this many columns; longer rows loop over
@@ -135,6 +135,106 @@ def fold_trivial_reductions(graph: Graph) -> Graph:
     return graph.with_nodes(nodes)
 
 
+# ---------------------------------------------------------------------------------------------
+# Ghost norms.  The squared Frobenius norm of each batch element of a contraction, d[b] = A[b]^T B[b]
+# over K contracted elements, is <A[b] A[b]^T, B[b] B[b]^T>: two K x K Gram matrices instead of the
+# d[b] themselves.  For per-sample gradients of a linear layer (K = 1: an outer product g x^T) it is
+# |g|^2 |x|^2, so DP-SGD's per-sample clipping norms never form the per-sample gradients at all.
+
+
+def _views_back(var: Var, producers: dict[Var, Node]) -> tuple[Node, list[Node]] | None:
+    """The dot_general that var is a reshape / transpose view of, and the views from var down to it."""
+    views = []
+    while True:
+        node = producers.get(var)
+        if node is None:
+            return None
+        if node.prim is P.dot_general:
+            return node, views
+        if node.prim not in (P.reshape, P.transpose):
+            return None
+        views.append(node)
+        var = node.inputs[0]
+
+
+def _ghost_norm(reduction: Node, producers: dict[Var, Node]) -> Var | None:
+    """sum(d * d) over d's free axes, per batch element, from Gram matrices; None where it does not
+    apply or does not pay (K * (Fa + Fb) >= Fa * Fb)."""
+    (sq,) = reduction.inputs
+    square = producers.get(sq)
+    if square is None or square.prim is not P.mul or square.inputs[0] is not square.inputs[1]:
+        return None
+    found = _views_back(square.inputs[0], producers)
+    if found is None:
+        return None
+    dot, views = found
+    y = square.inputs[0]
+    # y's index, walked back through the views to d's: the kept axes must address d's batch axes
+    # and the summed axes its free axes, each exactly.
+    names = [Idx.var(f"y{i}", n) for i, n in enumerate(y.shape)]
+    index = tuple(names)
+    for view in views:
+        (index,) = view.prim.index_rule(view, index)
+    summed = set(reduction.params["axes"])
+    nb = len(dot.params["batch"][0])
+    kept_vars = {f"y{i}" for i in range(len(y.shape)) if i not in summed}
+    batch_deps = frozenset().union(*(i.deps for i in index[:nb])) if nb else frozenset()
+    free_deps = frozenset().union(*(i.deps for i in index[nb:])) if len(index) > nb else frozenset()
+    if not batch_deps <= kept_vars or free_deps & kept_vars:
+        return None
+    batch_shape = dot.out.shape[:nb]
+    kept = tuple(y.shape[i] for i in range(len(y.shape)) if i not in summed)
+    if math.prod(kept) != math.prod(batch_shape):
+        return None
+    if tuple(i.render() for i in index[:nb]) != tuple(
+        i.render() for i in unravel(_ravel_kept(names, y.shape, summed), batch_shape)
+    ):
+        return None  # the kept axes lay the batch out in another order
+    m, n, k, _ = contraction_sizes(dot)
+    if k * (m + n) >= m * n or reduction.out.dtype not in DOT_DTYPES:
+        return None
+    a, b = dot.inputs
+    (ca, cb), (ba, bb) = dot.params["contract"], dot.params["batch"]
+    fa, fb = P.dot_axes(len(a.shape), len(b.shape), dot.params["contract"], dot.params["batch"])
+    gram_a = P.dot_general(a, a, contract=(tuple(fa), tuple(fa)), batch=(tuple(ba), tuple(ba)))
+    gram_b = P.dot_general(b, b, contract=(tuple(fb), tuple(fb)), batch=(tuple(bb), tuple(bb)))
+    # gram_a's axes: batch, a's contracted axes in a's order, twice; pair b's with them
+    order_a, order_b = sorted(ca), sorted(cb)
+    pairs = [order_b.index(cb[ca.index(d)]) for d in order_a]
+    nc = len(ca)
+    perm = list(range(nb)) + [nb + j for j in pairs] + [nb + nc + j for j in pairs]
+    gram_b = current_builder().transpose(gram_b, perm)
+    total = current_builder().reduce(P.reduce_sum, gram_a * gram_b, tuple(range(nb, nb + 2 * nc)))
+    return current_builder().reshape(total, reduction.out.shape)
+
+
+def _ravel_kept(names, shape, summed) -> Idx:
+    flat = Idx.of(0)
+    for i, n in enumerate(shape):
+        if i not in summed:
+            flat = flat * n + names[i]
+    return flat
+
+
+def ghost_norms(graph: Graph) -> Graph:
+    """Rewrites each per-batch-element sum of squares of a contraction as a ghost norm (above)."""
+    producers = graph.producers()
+    nodes: list[Node] = []
+    for node in graph.nodes:
+        if node.prim is P.reduce_sum:
+            b = Builder()
+            with b:
+                value = _ghost_norm(node, producers)
+            if value is not None:
+                for emitted in b.nodes:
+                    emitted.no_grad = node.no_grad
+                nodes += b.nodes
+                nodes.append(Node(P.reshape, [value], {"shape": node.out.shape}, node.outs, node.no_grad))
+                continue
+        nodes.append(node)
+    return graph.with_nodes(nodes)
+
+
 def contraction_sizes(node: Node) -> tuple[int, int, int, int]:
     """(M, N, K, batch) of a dot_general: the products of a's free, b's free, contracted, batch sizes."""
     a, b = node.inputs
@@ -230,6 +330,7 @@ class Kernel:
     domain: Domain
     stores: list[tuple[Var, Entry]] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)  # dependencies before users
+    riders: set[Var] = field(default_factory=set)  # per-row values that joined a contraction kernel
 
     @property
     def loads(self) -> list[Var]:
@@ -356,8 +457,8 @@ class _Planner:
             deps = frozenset().union(*(e.deps for e in inputs)) if inputs else frozenset()
             if node.prim is P.iota:
                 deps = index[node.params["dim"]].deps
-            elif node.prim is P.rand:
-                deps = index_deps
+            elif node.prim in (P.rand, P.concatenate, P.pad):  # computed from the index itself
+                deps = deps | index_deps
             stage = max((e.stage for e in inputs), default=0)
             entry = Entry(var, index, "node", node, inputs, deps, stage)
         return entry
@@ -489,14 +590,23 @@ def _region_reductions(var: Var, materialized: set[Var], producers: dict[Var, No
     return found
 
 
-def _store_index(var: Var, domain: Domain, reductions: list[Node], ctx=None, store: int = 0) -> Index:
+def _store_index(
+    var: Var, domain: Domain, reductions: list[Node], ctx=None, store: int = 0, ride: bool = False
+) -> Index:
+    """Where `var` is stored in a kernel of `domain`.  In a contraction kernel, a value computed from its
+    dot is stored where the dot's index pushes to (`_epilogue_index`); with `ride`, one that is not
+    (a per-row combination of the kernel's row statistics) rides along per row instead."""
     it = iteration_vars(domain)
     if domain.kind == "pointwise":
         return unravel(it["o"], var.shape)
     if domain.kind == "contraction":
         dot = next((n for n in reductions if n.prim.kind == "contraction"), None)
         if dot is not None:
-            return _epilogue_index(var, dot, domain, *ctx, store)
+            try:
+                return _epilogue_index(var, dot, domain, *ctx, store)
+            except NotFusable:
+                if not (ride and var.numel == domain.size * domain.rows):
+                    raise
         # a value riding along (see _joint): rows b*M + m, columns n
         r, c, rows = it["b"] * domain.rows + it["m"], it["n"], domain.size * domain.rows
     else:
@@ -571,6 +681,9 @@ def _push(node: Node, u: Var, index: Index, e: Idx | None, domain: Domain) -> In
         return reshape_index(index, u.shape, out.shape)
     if prim is P.slice_ and out.shape == u.shape:  # a slice of everything (jacrev splits its outputs so)
         return index
+    if prim is P.broadcast_in_dim and out.numel == u.numel:  # only axes of size 1 added
+        dims = node.params["dims"]
+        return tuple(index[dims.index(d)] if d in dims else Idx.of(0) for d in range(len(out.shape)))
     if prim is P.broadcast_in_dim and e is not None and "n" in deps and not any(e.deps & i.deps for i in index):
         dims = node.params["dims"]
         spread = [d for d in range(len(out.shape)) if d not in dims or u.shape[dims.index(d)] != out.shape[d]]
@@ -843,7 +956,7 @@ def _plan(kernel: Kernel, stores: list[Var], materialized: set[Var], producers) 
     planner = _Planner(kernel.domain, inside, producers)
     for i, var in enumerate(stores):
         reductions = _region_reductions(var, inside, producers)
-        index = _store_index(var, kernel.domain, reductions, (inside, producers), i)
+        index = _store_index(var, kernel.domain, reductions, (inside, producers), i, ride=var in kernel.riders)
         kernel.stores[i] = (var, planner.value(var, index, stored=True))
     return planner.order
 
@@ -870,14 +983,19 @@ def _join(var: Var, steps, owner, materialized, producers) -> int | None:
     slot = max(gemms)
     kernel = steps[slot].kernel
     stores = [v for v, _ in kernel.stores] + [var]
-    trial = Kernel(kernel.domain, [(v, None) for v in stores])
-    try:
-        inside = materialized - set(stores)
-        if not any(n.prim.kind == "contraction" for n in _region_reductions(var, inside, producers)):
+    inside = materialized - set(stores)
+    if not any(n.prim.kind == "contraction" for n in _region_reductions(var, inside, producers)):
+        return None
+    for ride in (False, True):  # in the epilogue, else riding along per row
+        trial = Kernel(kernel.domain, [(v, None) for v in stores], riders=kernel.riders | ({var} if ride else set()))
+        try:
+            entries = _plan(trial, stores, materialized, producers)
+        except NotFusable:
+            continue
+        if any(owner.get(e.var, -1) >= slot for e in entries if e.op == "load"):
             return None
-        entries = _plan(trial, stores, materialized, producers)
-    except NotFusable:
-        return None
-    if any(owner.get(e.var, -1) >= slot for e in entries if e.op == "load"):
-        return None
+        if ride:
+            kernel.riders.add(var)
+        return slot
+    return None
     return slot
