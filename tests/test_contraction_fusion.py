@@ -284,3 +284,30 @@ def test_ghost_norms_over_tokens(backend, tokens):
     graph = pipeline.optimize(trace(norms, (params, x), {})[0])
     grams = [n for n in graph.nodes if n.out.shape == (8, tokens, tokens)]
     assert bool(grams) == (tokens == 4)
+
+
+def attention_block(params, x):
+    wq, wk, wv, wo = params
+    q, k, v = x @ wq.T, x @ wk.T, x @ wv.T
+    weights = torch.softmax(q @ k.T / q.shape[-1] ** 0.5, -1)
+    return ((weights @ v) @ wo.T).pow(2).mean()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
+def test_per_sample_gradients_of_an_attention_block_in_one_launch(interpreter, dtype):
+    """Every sample a few 16 x 32 matrices: one program per sample computes the whole block and its
+    gradient in registers (15 tl.dot per sample), reading each input once and writing the gradients."""
+    params = tuple(make(32, 32, seed=i, dtype=dtype) / 32**0.5 for i in range(4))
+    x = make(8, 16, 32, seed=9, dtype=dtype)
+    program = lambda ft: ft.vmap(ft.grad(attention_block), in_dims=(None, 0))
+    out, rec = recorded(program(tritonfunc), params, x)
+    tol = {torch.float32: (1e-5, 1e-5), torch.float64: (1e-9, 1e-12), torch.float16: (2e-2, 2e-3)}[dtype]
+    want = (
+        program(torch.func)(params, x)
+        if dtype != torch.float16
+        else program(torch.func)(tuple(p.float() for p in params), x.float())
+    )
+    assert_same(tuple(o.to(want[0].dtype) for o in out), want, rtol=tol[0], atol=tol[1])
+    (launch,) = rec.launches
+    assert launch.name.startswith("samples") and launch.grid == (8,) and launch.source.count("tl.dot(") == 15
+    assert moved(rec) == nbytes((params, x, out))

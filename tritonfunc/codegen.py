@@ -21,7 +21,7 @@ import torch
 from . import primitives as P
 from . import schedule
 from .graph import DTYPES, Node, Var
-from .indexing import Index, contiguous_strides, ravel
+from .indexing import Idx, Index, contiguous_strides, ravel
 from .kernels import contraction as contraction_kernels
 from .primitives import Primitive
 from .schedule import Entry, Kernel
@@ -490,11 +490,13 @@ def generate(kernel: Kernel, strides: dict[Var, tuple[int, ...]], target: str = 
     """The kernel's Triton source; `target` ("interpreter" or "sm90") picks a contraction's tiles."""
     em = _Emitter(kernel, strides)
     d = kernel.domain
-    body: list[str] = [] if d.kind == "contraction" else ["pid = tl.program_id(0)"]
+    body: list[str] = [] if d.kind in ("contraction", "samples") else ["pid = tl.program_id(0)"]
     big = max([d.size * d.cols * d.rows] + [_extent(v, strides) for v in em.loads + em.stores]) >= 2**31
     pid = "pid.to(tl.int64)" if big else "pid"
     stages = 3
-    if d.kind == "contraction":
+    if d.kind == "samples":
+        grid, passes, warps = _SampleTiles(em, kernel, body, big).emit()
+    elif d.kind == "contraction":
         grid, passes, warps, stages = _contraction_body(em, kernel, body, big, target)
     elif d.kind == "pointwise":
         block = min(POINTWISE_BLOCK, _pow2(d.size))
@@ -516,7 +518,10 @@ def generate(kernel: Kernel, strides: dict[Var, tuple[int, ...]], target: str = 
     src += "".join(f"    # {line}\n" for line in comment)
     src += "".join(f"    {line}\n" if line else "\n" for line in body)
     signature = {p: "*" + DTYPES[v.dtype].signature for p, v in zip(params, args)}
-    read = sum(_distinct_elements(kernel, v, strides) * v.dtype.itemsize * passes.get(v, 1) for v in em.loads)
+    if d.kind == "samples":  # each input once: the batch's slices once each, the shared ones from L2
+        read = sum(v.numel * v.dtype.itemsize for v in em.loads)
+    else:
+        read = sum(_distinct_elements(kernel, v, strides) * v.dtype.itemsize * passes.get(v, 1) for v in em.loads)
     written = sum(v.numel * v.dtype.itemsize for v in em.stores)
     return KernelSource(kernel.name, src, args, len(em.loads), grid, signature, read, written, warps, stages)
 
@@ -591,6 +596,253 @@ def _contraction_body(em: _Emitter, kernel: Kernel, body: list[str], big: bool, 
             fits = e.var.numel * e.var.dtype.itemsize <= L2_REUSE_BYTES
             passes[e.var] = max(passes.get(e.var, 1), 1 if fits else tiles_other)
     return grid, passes, tiles.warps, tiles.stages
+
+
+class _SampleTiles:
+    """The body of a samples kernel (schedule.sample_region): one program per sample, each value of
+    the sample held as one register tile in the order of the graph.
+
+    A value with the batch in front is at most a matrix per sample; its tile's rows and columns are
+    two of its axes (`layout`: (row axis, column axis), None where the tile has extent 1), padded to
+    a power of 2 of at least 16 (tl.dot's minimum), so any two of a value's views are the same tile
+    or its transpose.  Padding is masked where it would count: in reductions, in the k of a dot, in
+    stores.  Values without the batch (weights) are computed where they are used, from the graph's
+    inputs, at the tile's coordinates."""
+
+    def __init__(self, em: _Emitter, kernel: Kernel, body: list[str], big: bool):
+        self.em, self.kernel, self.body = em, kernel, body
+        self.region = kernel.region
+        self.tiles: dict[Var, tuple[str, tuple]] = {}
+        self.ranges: dict[str, int] = {}  # r<n> / c<n> -> n
+        self.shared: dict[tuple, str] = {}
+        self.varies: dict[str, frozenset] = {}  # a shared value's register -> the tile variables it varies with
+        self.wide = ".to(tl.int64)" if big else ""
+        self.batch = Idx.var("b", self.region.batch)
+
+    # -- tiles ---------------------------------------------------------------------------------
+    def axis_var(self, kind: str, n: int) -> Idx:
+        self.ranges[f"{kind}{n}"] = n
+        return Idx.var(f"{kind}{n}", n)
+
+    @staticmethod
+    def default_layout(v: Var) -> tuple:
+        axes = [d for d in range(1, len(v.shape)) if v.shape[d] != 1]
+        return tuple([None] * (2 - len(axes)) + axes)
+
+    def index(self, v: Var, layout: tuple, with_batch: bool = True) -> Index:
+        out = [Idx.of(0)] * len(v.shape)
+        if with_batch:
+            out[0] = self.batch
+        for kind, axis in zip("rc", layout):
+            if axis is not None:
+                out[axis] = self.axis_var(kind, v.shape[axis])
+        return tuple(out)
+
+    def mask(self, deps) -> str | None:
+        names = [f"{x}m" for x in sorted(deps) if x != "b"]
+        return " & ".join(names) or None
+
+    def line(self, text: str, prefix: str = "v") -> str:
+        name = self.em.fresh(prefix)
+        self.body.append(f"{name} = {text}")
+        return name
+
+    def padded(self, v: Var, layout: tuple) -> tuple[int, int]:
+        return tuple(1 if a is None else max(contraction_kernels.MIN_TILE, _pow2(v.shape[a])) for a in layout)
+
+    def load(self, v: Var, index: Index) -> str:
+        offset = ravel(index, self.em.strides.get(v) or contiguous_strides(v.shape))
+        deps = frozenset().union(*(i.deps for i in index)) if index else frozenset()
+        mask = None if offset.is_const() else self.mask(deps)
+        text = f"tl.load({self.em.arg_name[v]} + {offset.render()}"
+        other = ", other=0.0" if v.dtype.is_floating_point else ""
+        text += f", mask={mask}{other})" if mask else ")"
+        if v.dtype in _HALF:
+            text += ".to(tl.float32)"
+        return self.line(text)
+
+    def tile(self, v: Var, layout: tuple | None = None) -> str:
+        """v's tile, in `layout` (its own when None)."""
+        if v not in self.tiles:
+            assert v in self.region.inputs, f"{v} is neither computed nor read by this samples kernel"
+            own = self.default_layout(v)
+            self.tiles[v] = (self.load(v, self.index(v, own)), own)
+        name, own = self.tiles[v]
+        fits = lambda have: all(h is None or h == w for h, w in zip(have, layout))
+        if layout is None or fits(own):
+            return name  # the same tile, or one that broadcasts along the other axis
+        if fits(own[::-1]):
+            return f"tl.trans({name})"
+        raise AssertionError(f"tile of {v} in layout {own}, wanted {layout}")
+
+    def shared_value(self, v: Var, index: Index) -> str:
+        """A value without the batch at `index` (over the tile variables), from the graph's inputs."""
+        key = (v.id, tuple(i.render() for i in index))
+        if key in self.shared:
+            return self.shared[key]
+        node = self.region.producers.get(v)
+        index_deps = frozenset().union(*(i.deps for i in index)) if index else frozenset()
+        if node is None:
+            name, deps = self.load(v, index), index_deps
+        elif node.prim.kind == "view" and node.prim not in LOWERINGS:
+            name = self.shared_value(node.inputs[0], node.prim.index_rule(node, index)[0])
+            deps = self.varies[name]
+        else:
+            indices = node.prim.index_rule(node, index) if node.prim.index_rule else [index] * len(node.inputs)
+            args = [self.shared_value(u, i) for u, i in zip(node.inputs, indices)]
+            name = self.line(self.compute(node, args, index))
+            deps = frozenset().union(*(self.varies[a] for a in args)) if args else frozenset()
+            if node.prim in (P.iota, P.concatenate, P.pad):  # computed from the index itself
+                deps |= index_deps
+        self.shared[key] = name
+        self.varies[name] = deps
+        return name
+
+    @staticmethod
+    def compute(node: Node, args: list[str], index: Index) -> str:
+        if node.prim is P.convert and node.out.dtype == torch.float16:
+            return f"{args[0]}.to(tl.float16).to(tl.float32)"
+        if node.prim is P.convert and node.out.dtype == torch.bfloat16:
+            return f"_round_bf16({args[0]}.to(tl.float32)).to(tl.float32)"
+        return LOWERINGS[node.prim](args, node, index)
+
+    # -- nodes ---------------------------------------------------------------------------------
+    def node(self, node: Node) -> tuple[str, tuple]:
+        prim, out = node.prim, node.out
+        ps = lambda u: u in self.tiles or u in self.region.inputs
+        if prim.kind == "elementwise":  # in the layout of the operand with the most axes in its tile
+            layouts = [self.tiles[u][1] if u in self.tiles else self.default_layout(u) for u in node.inputs]
+            layout = max(layouts, key=lambda lay: sum(a is not None for a in lay))
+            args = [self.tile(u, layout) for u in node.inputs]
+            return self.line(self.compute(node, args, ())), layout
+        if prim is P.broadcast_in_dim:
+            (x,), dims = node.inputs, node.params["dims"]
+            if not ps(x):  # a value without the batch: its tile has the axes its index varies along
+                layout = self.default_layout(out)
+                name = self.shared_value(x, prim.index_rule(node, self.index(out, layout, False))[0])
+                deps = self.varies[name]
+                used = tuple(
+                    a if a is not None and f"{k}{out.shape[a]}" in deps else None for k, a in zip("rc", layout)
+                )
+                return name, used
+            name = self.tile(x)
+            own = self.tiles[x][1]
+            rows, cols = (None if a is None else dims[a] for a in own)
+            extra = [d for d in self.default_layout(out) if d is not None and d not in (rows, cols)]
+            if rows is None and extra:
+                rows = extra.pop(0)
+            if cols is None and extra:
+                cols = extra.pop(0)
+            assert not extra, node
+            return name, (rows, cols)
+        if prim is P.transpose:
+            (x,), perm = node.inputs, node.params["perm"]
+            name = self.tile(x)
+            return name, tuple(None if a is None else perm.index(a) for a in self.tiles[x][1])
+        if prim is P.reshape:
+            (x,) = node.inputs
+            name = self.tile(x)
+            mapping = dict(zip(self.axes(x.shape), self.axes(out.shape)))
+            return name, tuple(None if a is None else mapping[a] for a in self.tiles[x][1])
+        if prim.kind == "reduction":
+            return self.reduction(node)
+        if prim is P.dot_general:
+            return self.dot(node)
+        raise AssertionError(f"{prim.name} in a samples kernel")
+
+    @staticmethod
+    def axes(shape) -> list[int]:
+        return [d for d in range(1, len(shape)) if shape[d] != 1]
+
+    def reduction(self, node: Node) -> tuple[str, tuple]:
+        (x,), axes = node.inputs, node.params["axes"]
+        value = self.tile(x)
+        layout = self.tiles[x][1]
+        rule, dtype = REDUCTIONS[node.prim], node.out.dtype
+        ident = literal(node.prim.identity(dtype), dtype)
+        mask = self.mask({f"{k}{x.shape[a]}" for k, a in zip("rc", layout) if a is not None})
+        if mask:
+            value = self.line(f"tl.where({mask}, {value}, {ident})")
+        if dtype == torch.bool:
+            value = self.line(f"({value}).to(tl.int32)")
+        for t, a in enumerate(layout):
+            if a is None or a not in axes:
+                continue
+            along = value if t == 1 else f"tl.trans({value})"  # the rules reduce along axis 1
+            text = rule.finish.format(acc=along)
+            value = self.line(text if t == 1 else f"tl.trans({text})")
+        if dtype == torch.bool:
+            value = self.line(f"({value} != 0)")
+        kept = [d for d in range(len(x.shape)) if d not in axes]
+        return value, tuple(None if a is None or a in axes else kept.index(a) for a in layout)
+
+    def dot(self, node: Node) -> tuple[str, tuple]:
+        a, b = node.inputs
+        (ca, cb), (ba, bb) = node.params["contract"], node.params["batch"]
+        fa, fb = P.dot_axes(len(a.shape), len(b.shape), (ca, cb), (ba, bb))
+        ka = next(d for d in ca if a.shape[d] != 1)
+        kb = cb[ca.index(ka)]
+        k = a.shape[ka]
+        rows_a = [d for d in fa if d != 0 and a.shape[d] != 1]
+        m = rows_a[0] if rows_a else None
+        cols_b = [d for d in fb if b.shape[d] != 1]
+        n = cols_b[0] if cols_b else None
+        lhs = self.tile(a, (m, ka))
+        if b in self.tiles or b in self.region.inputs:  # both per sample
+            rhs = self.tile(b, (kb, n))
+        else:  # a weight, read at the tile's coordinates
+            index = [Idx.of(0)] * len(b.shape)
+            index[kb] = self.axis_var("r", k)
+            if n is not None:
+                index[n] = self.axis_var("c", b.shape[n])
+            rhs = self.shared_value(b, tuple(index))
+        out_free_a = [d for d in fa if d not in ba]
+        pos_m = None if m is None else len(ba) + out_free_a.index(m)
+        pos_n = None if n is None else len(ba) + len(out_free_a) + fb.index(n)
+        lhs = self.line(f"tl.where({self.axis_var('c', k).render()}m, {lhs}, 0.0)")
+        rhs = self.line(f"tl.where({self.axis_var('r', k).render()}m, {rhs}, 0.0)")
+        if m is not None and n is not None:  # a matrix product per sample: tensor cores
+            pm, pn = self.padded(node.out, (pos_m, pos_n))
+            acc_type = "tl.float64" if node.out.dtype == torch.float64 else "tl.float32"
+            zeros = f"tl.zeros([{pm}, {pn}], dtype={acc_type})"
+            text = contraction_kernels.dot_call(lhs, rhs, zeros, a.dtype, contraction_kernels.matmul_allows_tf32())
+        elif m is not None:  # matrix x vector
+            text = f"tl.sum({lhs} * {rhs}, axis=1, keep_dims=True)"
+        else:  # vector x matrix (or vector), along the rows of the tile
+            text = f"tl.sum(tl.trans({lhs}) * {rhs}, axis=0, keep_dims=True)"
+        return self.line(text), (pos_m, pos_n)
+
+    # -- the kernel ----------------------------------------------------------------------------
+    def emit(self):
+        header = len(self.body)
+        for node in self.region.nodes:
+            self.tiles[node.out] = self.node(node)
+        for v, _ in self.kernel.stores:
+            layout = self.tiles[v][1] if v in self.tiles else self.default_layout(v)
+            value = self.tile(v, layout)
+            pr, pc = self.padded(v, layout)
+            if v.dtype == torch.bfloat16:
+                value = f"_round_bf16({value})"
+            elif v.dtype == torch.float16:
+                value = f"{value}.to(tl.float16)"
+            index = self.index(v, layout)
+            offset = ravel(index, contiguous_strides(v.shape)).render()
+            deps = frozenset().union(*(i.deps for i in index))
+            mask = self.mask(deps)
+            full = f"tl.broadcast_to({value}, ({pr}, {pc}))"
+            target = f"out{self.em.stores.index(v)} + {offset}"
+            if not deps - {"b"}:  # one element per sample: keep the pointer a block, like the value
+                target += f" + tl.zeros([{pr}, {pc}], dtype=tl.int32)"
+            self.body.append(f"tl.store({target}, {full}" + (f", mask={mask})" if mask else ")"))
+        ranges = ["b = tl.program_id(0)" + self.wide]
+        for name, n in sorted(self.ranges.items()):
+            axis = "[:, None]" if name[0] == "r" else "[None, :]"
+            ranges += [
+                f"{name} = tl.arange(0, {max(contraction_kernels.MIN_TILE, _pow2(n))}){axis}",
+                f"{name}m = {name} < {n}",
+            ]
+        self.body[header:header] = ranges
+        return (self.region.batch,), {}, 4
 
 
 def _dot_loop(em: _Emitter, dot: Entry, k: int, tiles, body: list[str], wide: str, tf32: bool):
@@ -755,12 +1007,15 @@ def _describe(kernel: Kernel) -> list[str]:
         head = f"pointwise over {d.size} elements"
     elif d.kind == "contraction":
         head = f"contraction: {d.size} x [{d.rows} x {d.cols}] tiles on tl.dot"
+    elif d.kind == "samples":
+        head = f"one program per sample of {d.size}, each value of a sample one register tile"
     else:
         head = f"{d.size} rows x {d.cols} reduced columns"
     ops = []
-    for e in kernel.entries:
-        if e.node is not None and e.node.prim.kind != "view" and e.node.prim.name not in ops:
-            ops.append(e.node.prim.name)
+    nodes = kernel.region.nodes if kernel.region is not None else [e.node for e in kernel.entries if e.node is not None]
+    for node in nodes:
+        if node.prim.kind != "view" and node.prim.name not in ops:
+            ops.append(node.prim.name)
     stores = ", ".join(v.type_str for v, _ in kernel.stores)
     return [f"tritonfunc kernel: {head}", f"computes: {' '.join(ops) or 'copy'}", f"stores: {stores}"]
 

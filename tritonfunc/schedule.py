@@ -6,7 +6,7 @@ nodes (whose inputs reach memory and whose outputs kernels read like graph input
 Every other value that reaches memory ("materialized": graph outputs, and reductions that cannot share a
 kernel with their consumers) is computed by one kernel.  Inside a kernel nothing else touches
 memory: each stored value is computed by walking back through its producers to materialized values,
-at the index tuple the walk derives (`Entry`).  Kernels come in three shapes:
+at the index tuple the walk derives (`Entry`).  Kernels come in four shapes:
   - pointwise: one program axis over the N elements of the stored values (variable `o`);
   - rows: R rows x C reduced columns (variables `r`, `c`).  Every reduction in the kernel reduces
     C columns and is requested at an index that depends on the row only; values may be stored per
@@ -20,6 +20,9 @@ at the index tuple the walk derives (`Entry`).  Kernels come in three shapes:
     epilogue, see `_epilogue_index`): elementwise chains, views, reductions along a row that fits
     the tile, and an outer product written in a loop over its extra axis; per-row reductions along
     other axes run in loops of their own.
+  - samples: when the whole graph runs per sample of a vmap and each sample's values are small
+    matrices (`sample_region`), one program per sample computes all of it, each value one register
+    tile (an attention block's per-sample gradients: one launch instead of a GEMM launch per level).
 Values with the same kernel shape and no dependency between them share a launch; a value computed
 from what a contraction kernel stores joins that kernel when it can (`_join`).
 """
@@ -331,6 +334,7 @@ class Kernel:
     stores: list[tuple[Var, Entry]] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)  # dependencies before users
     riders: set[Var] = field(default_factory=set)  # per-row values that joined a contraction kernel
+    region: SampleRegion | None = None  # a "samples" kernel: the per-sample nodes it computes
 
     @property
     def loads(self) -> list[Var]:
@@ -349,7 +353,13 @@ class Kernel:
                 name = e.node.prim.name.removeprefix("reduce_").removesuffix("_general")
                 if name not in prims and name not in ("convert", "stop_gradient"):
                     prims.append(name)
-        kind = {"pointwise": "pointwise", "contraction": "gemm"}.get(self.domain.kind, "rows")
+        if self.region is not None:
+            prims = []
+            for n in self.region.nodes:
+                name = n.prim.name.removeprefix("reduce_").removesuffix("_general")
+                if n.prim.kind != "view" and name not in prims and name not in ("convert", "stop_gradient"):
+                    prims.append(name)
+        kind = {"pointwise": "pointwise", "contraction": "gemm", "samples": "samples"}.get(self.domain.kind, "rows")
         body = "_".join(prims[:6]) + ("_etc" if len(prims) > 6 else "")
         return f"{kind}_{body or 'copy'}"
 
@@ -806,12 +816,135 @@ class Program:
         return [s for s in self.steps if isinstance(s, KernelStep)]
 
 
+# ---------------------------------------------------------------------------------------------
+# Per-sample kernels.  A vmap whose every sample is a few small matrices (per-sample gradients of an
+# attention block: tokens x features of 16 x 32) chains many contractions, one GEMM launch per
+# level otherwise (ten for that block).  When the whole graph runs per sample (every value with the
+# batch in front is computed along the batch in parallel) and each sample's values fit a tile, one
+# program per sample computes all of it in registers: a "samples" kernel, tl.dot on per-sample
+# tiles.  Values without the batch (weights) are read by every program where they are used.
+
+# Each per-sample value is at most a matrix of at most this many rows and columns; larger samples
+# keep the GEMM kernels, whose tiles fill the tensor cores.
+MAX_SAMPLE_TILE = 64
+# The per-sample matrix products that make a samples kernel pay: fewer, and the GEMM kernels (whose
+# M folds the batch in) do as well.
+MIN_SAMPLE_DOTS = 2
+
+
+@dataclass(eq=False)
+class SampleRegion:
+    batch: int
+    nodes: list[Node]  # in graph order; every output has the batch as its leading axis
+    inputs: list[Var]  # values with the batch read from memory
+    shared: list[Var]  # values without it read by the region (computed from graph inputs in place)
+    producers: dict[Var, Node]  # the graph's, for those values
+
+
+class _NotPerSample(Exception):
+    pass
+
+
+def _non_unit(shape, skip_batch: bool = True) -> list[int]:
+    return [d for d in range(1 if skip_batch else 0, len(shape)) if shape[d] != 1]
+
+
+def _per_sample_ok(node: Node, ps: set[Var]) -> None:
+    """Raises _NotPerSample unless node computes each sample from that sample alone."""
+    prim, out = node.prim, node.out
+    if node.prim.multiple_results or prim.random or prim.strategy == P.OPAQUE:
+        raise _NotPerSample(prim.name)
+    if len(_non_unit(out.shape)) > 2 or any(out.shape[d] > MAX_SAMPLE_TILE for d in _non_unit(out.shape)):
+        raise _NotPerSample(f"{out} is not a small matrix per sample")
+    inputs = node.inputs
+    if prim.kind == "elementwise":
+        return
+    if prim is P.broadcast_in_dim:
+        if inputs[0] in ps and node.params["dims"][0] != 0:
+            raise _NotPerSample("a broadcast moves the batch")
+        if inputs[0] not in ps and 0 in node.params["dims"]:
+            raise _NotPerSample("a broadcast along the batch of a value without it")
+        return
+    if prim is P.transpose and node.params["perm"][0] == 0:
+        return
+    if prim is P.reshape and inputs[0] in ps:
+        sizes = lambda shape: [shape[d] for d in _non_unit(shape)]
+        if sizes(inputs[0].shape) == sizes(out.shape):
+            return
+    if prim.kind == "reduction" and 0 not in node.params["axes"]:
+        return
+    if prim is P.dot_general:
+        (ca, cb), (ba, bb) = node.params["contract"], node.params["batch"]
+        a, b = inputs
+        k = [d for d in ca if a.shape[d] != 1]
+        if len(k) == 1 and a in ps and b in ps and ba[:1] == (0,) and bb[:1] == (0,) and len(ba) == 1:
+            return
+        fa, _ = P.dot_axes(len(a.shape), len(b.shape), (ca, cb), (ba, bb))
+        if len(k) == 1 and a in ps and b not in ps and not ba and fa[:1] == [0]:
+            return
+    raise _NotPerSample(f"{prim.name} {node.params}")
+
+
+def sample_region(graph: Graph) -> SampleRegion | None:
+    """The graph as one per-sample region (see above), or None."""
+    if any(n.prim.strategy == P.OPAQUE for n in graph.nodes):
+        return None
+    dots = [
+        n
+        for n in graph.nodes
+        if n.prim is P.dot_general and n.params["batch"][0][:1] == (0,) and n.params["batch"][1][:1] == (0,)
+    ]
+    dots = [n for n in dots if min(contraction_sizes(n)[:3]) >= MIN_DOT_EXTENT]
+    if len(dots) < MIN_SAMPLE_DOTS:
+        return None
+    batch = dots[0].out.shape[0]
+    leading = lambda v: len(v.shape) > 0 and v.shape[0] == batch
+    ps: set[Var] = {v for v in graph.inputs if leading(v)}
+    nodes, consumers = [], {}
+    for n in graph.nodes:
+        for v in n.inputs:
+            consumers.setdefault(v, []).append(n)
+        if leading(n.out):
+            try:
+                _per_sample_ok(n, ps)
+            except _NotPerSample:
+                return None
+            ps.add(n.out)
+            nodes.append(n)
+    region = set(nodes)
+    if any(v not in ps for v in graph.outputs):
+        return None  # a value without the batch is an output: keep the general schedule
+    for v in ps:  # the region is a sink: nothing outside reads what it computes
+        if any(c not in region for c in consumers.get(v, [])):
+            return None
+    producers = graph.producers()
+    shared = list(dict.fromkeys(u for n in nodes for u in n.inputs if u not in ps))
+
+    def computable(v: Var) -> bool:  # from graph inputs by elementwise and view nodes
+        node = producers.get(v)
+        if node is None:
+            return True
+        return (
+            node.prim.kind in ("elementwise", "view", "source")
+            and not node.prim.random
+            and all(computable(u) for u in node.inputs)
+        )
+
+    if not all(computable(v) for v in shared):
+        return None
+    inputs = [v for v in graph.inputs if v in ps and any(v in n.inputs for n in nodes) or v in graph.outputs]
+    return SampleRegion(batch, nodes, list(dict.fromkeys(v for v in inputs if v in ps)), shared, producers)
+
+
 def schedule(graph: Graph) -> Program:
     """Orders the graph's work into steps: fused kernels, with torch calls where an OPAQUE node is.
 
     An opaque node's inputs must reach memory; its outputs are buffers the kernels after it read,
     like graph inputs.  Every other value that reaches memory is stored by exactly one kernel.
     """
+    region = sample_region(graph)
+    if region is not None:
+        return Program(graph, [KernelStep(_samples_kernel(graph, region))])
     producers = {v: n for n in graph.nodes if n.prim.strategy != P.OPAQUE for v in n.outs}
     opaque = [n for n in graph.nodes if n.prim.strategy == P.OPAQUE]
     position = {v: i for i, n in enumerate(graph.nodes) for v in n.outs}
@@ -855,6 +988,23 @@ def _as_torch_call(step):
     if any(e.var is not v for e, v in zip(entry.inputs, entry.node.inputs)):
         return step
     return TorchStep(entry.node)
+
+
+def _samples_kernel(graph: Graph, region: SampleRegion) -> Kernel:
+    """The one kernel of a per-sample region: it reads the region's inputs and the graph inputs its
+    shared values come from, and stores the graph's outputs."""
+    read = list(region.inputs)
+    producers = graph.producers()
+    frontier = list(region.shared)
+    while frontier:
+        v = frontier.pop()
+        if v in producers:
+            frontier.extend(producers[v].inputs)
+        elif v not in read:
+            read.append(v)
+    loads = [Entry(v, (), "load", None, [], frozenset(), 0) for v in read]
+    stores = [(v, None) for v in dict.fromkeys(graph.outputs)]
+    return Kernel(Domain("samples", region.batch), stores, loads, region=region)
 
 
 def _shared(steps) -> list[Var]:
