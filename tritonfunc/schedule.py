@@ -1,7 +1,7 @@
 """Scheduling: the graph passes, then which values reach global memory, grouped into a Program.
 
-The passes (expand small contractions, split long reductions, fold trivial ones, CSE, DCE) rewrite
-the graph; `schedule` then orders the work into steps: generated kernels, and torch calls for OPAQUE
+The passes (ghost norms, expand small contractions, split long reductions, fold trivial ones, CSE,
+DCE) rewrite the graph; `schedule` then orders the work into steps: generated kernels, and torch calls for OPAQUE
 nodes (whose inputs reach memory and whose outputs kernels read like graph inputs).
 Every other value that reaches memory ("materialized": graph outputs, and reductions that cannot share a
 kernel with their consumers) is computed by one kernel.  Inside a kernel nothing else touches
@@ -308,8 +308,8 @@ def eliminate_dead_code(graph: Graph) -> Graph:
 
 @dataclass(frozen=True)
 class Domain:
-    kind: str  # "pointwise" | "rows" | "contraction"
-    size: int  # N (pointwise), R (rows) or the batch (contraction: grid axis 1)
+    kind: str  # "pointwise" | "rows" | "contraction" | "samples"
+    size: int  # N (pointwise), R (rows) or the batch (contraction: grid axis 1; samples: the grid)
     cols: int = 1  # C (rows) or N (contraction: the output's columns)
     rows: int = 1  # M (contraction: the output's rows)
 
