@@ -311,3 +311,24 @@ def test_per_sample_gradients_of_an_attention_block_in_one_launch(interpreter, d
     (launch,) = rec.launches
     assert launch.name.startswith("samples") and launch.grid == (8,) and launch.source.count("tl.dot(") == 15
     assert moved(rec) == nbytes((params, x, out))
+
+
+def mixed_per_sample(params, x):
+    """Per sample: Gram matrices, a softmax, a pooled vector through a weight, column sums."""
+    w1, w2 = params
+    a = x @ x.T / 16
+    h = torch.tanh((a @ x).mean(0) @ w1)
+    return (h * (x @ w2).sum(0)).sum() + (a.softmax(-1) * a).sum()
+
+
+@pytest.mark.parametrize("weights", ["shared", "per_sample"])
+def test_a_samples_kernel_handles_vectors_weights_and_both_orientations(interpreter, weights):
+    params = tuple(make(32, 32, seed=i) / 6 for i in range(2))
+    in_dims = (None, 0)
+    if weights == "per_sample":
+        params, in_dims = tuple(torch.stack([p, p * 0.5, -p]) for p in params), (0, 0)
+    x = make(3, 16, 32, seed=7)
+    program = lambda ft: ft.vmap(ft.grad(mixed_per_sample, argnums=(0, 1)), in_dims=in_dims)
+    out, rec = recorded(program(tritonfunc), params, x)
+    assert_same(out, program(torch.func)(params, x))
+    assert [launch.name.split("_")[0] for launch in rec.launches] == ["samples"]

@@ -803,11 +803,14 @@ class _SampleTiles:
         rhs = self.line(f"tl.where({self.axis_var('r', k).render()}m, {rhs}, 0.0)")
         if m is not None and n is not None:  # a matrix product per sample: tensor cores
             pm, pn = self.padded(node.out, (pos_m, pos_n))
+            pk = max(contraction_kernels.MIN_TILE, _pow2(k))
+            # an operand that does not vary along one of its axes is still a whole tile for tl.dot
+            lhs, rhs = f"tl.broadcast_to({lhs}, ({pm}, {pk}))", f"tl.broadcast_to({rhs}, ({pk}, {pn}))"
             acc_type = "tl.float64" if node.out.dtype == torch.float64 else "tl.float32"
             zeros = f"tl.zeros([{pm}, {pn}], dtype={acc_type})"
             text = contraction_kernels.dot_call(lhs, rhs, zeros, a.dtype, contraction_kernels.matmul_allows_tf32())
-        elif m is not None:  # matrix x vector
-            text = f"tl.sum({lhs} * {rhs}, axis=1, keep_dims=True)"
+        elif m is not None:  # matrix x vector: the vector's tile is a column, [K, 1]
+            text = f"tl.sum({lhs} * tl.trans({rhs}), axis=1, keep_dims=True)"
         else:  # vector x matrix (or vector), along the rows of the tile
             text = f"tl.sum(tl.trans({lhs}) * {rhs}, axis=0, keep_dims=True)"
         return self.line(text), (pos_m, pos_n)
