@@ -74,6 +74,21 @@ def test_form_matches_torch_func_under_vmap(backend, name, fn, shapes):
     check_vmap(fn, *batched)
 
 
+# float32 runs tl.dot in fp32 (exact products, fp32 sums in another order than torch's); half
+# precision multiplies fp16 / bf16 operands and sums in fp32.
+FORM_TOLERANCES = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (2e-2, 2e-2)}
+
+
+@pytest.mark.parametrize("dtype", list(FORM_TOLERANCES), ids=str)
+@pytest.mark.parametrize("name, fn, shapes", FORMS, ids=[f[0] for f in FORMS])
+def test_form_in_lower_precision(backend, name, fn, shapes, dtype):
+    args = operands(shapes, dtype)
+    rtol, atol = FORM_TOLERANCES[dtype]
+    want = fn(*args) if dtype == torch.float32 else fn(*[a.float() for a in args]).to(dtype)
+    scale = max(1.0, float(want.abs().max()))  # rounding error grows with the result's magnitude
+    assert_same(tritonfunc.jit(fn)(*args), want, "jit", rtol=rtol, atol=atol * scale)
+
+
 def mlp(params, x):
     w1, b1, w2, b2 = params
     return F.linear(torch.tanh(F.linear(x, w1, b1)), w2, b2)
