@@ -44,13 +44,58 @@ FUNCTIONS = {
 }
 
 
-def close(a, b) -> bool:
+def close(a, b, rtol=RTOL, atol=ATOL) -> bool:
     leaves_a, leaves_b = torch.utils._pytree.tree_leaves(a), torch.utils._pytree.tree_leaves(b)
     # absolute tolerance relative to the result's scale: float32 rounding grows with magnitude
     return len(leaves_a) == len(leaves_b) and all(
-        x.shape == y.shape and torch.allclose(x, y, rtol=RTOL, atol=ATOL * max(1.0, y.abs().max().item()))
+        x.shape == y.shape
+        and torch.allclose(x.float(), y.float(), rtol=rtol, atol=atol * max(1.0, y.abs().max().item()))
         for x, y in zip(leaves_a, leaves_b)
     )
+
+
+def _mlp(params, x):
+    w1, b1, w2, b2 = params
+    return F.linear(torch.tanh(F.linear(x, w1, b1)), w2, b2)
+
+
+def _attention(params, x):
+    wq, wk, wv, wo = params
+    q, k, v = x @ wq.T, x @ wk.T, x @ wv.T
+    return ((torch.softmax(q @ k.T / q.shape[-1] ** 0.5, -1) @ v) @ wo.T).pow(2).mean()
+
+
+def contraction_checks():
+    """The tl.dot kernels (issue 9): GEMMs with fused epilogues, per-sample gradients, the per-sample
+    kernel of an attention block, in fp32 (IEEE: torch's default), TF32 and half precision."""
+    g = torch.Generator(device="cuda").manual_seed(1)
+    rand = lambda *shape, dtype=torch.float32: torch.randn(*shape, device="cuda", generator=g).to(dtype)
+    params = (rand(128, 96) / 10, rand(128), rand(40, 128) / 11, rand(40))
+    x, t = rand(256, 96), torch.arange(256, device="cuda") % 40
+    loss = lambda p, x, t: F.cross_entropy(_mlp(p, x)[None], t[None])
+    yield "mlp: jit", lambda: tritonfunc.jit(_mlp)(params, x), lambda: _mlp(params, x)
+    psgrad = lambda ft: ft.vmap(ft.grad(loss), in_dims=(None, 0, 0))(params, x, t)
+    yield "mlp: vmap(grad)", lambda: psgrad(tritonfunc), lambda: psgrad(torch.func)
+    attn = (tuple(rand(32, 32) / 6 for _ in range(4)), rand(64, 16, 32))
+    per_sample = lambda ft: ft.vmap(ft.grad(_attention), in_dims=(None, 0))(*attn)
+    yield "attention: vmap(grad)", lambda: per_sample(tritonfunc), lambda: per_sample(torch.func)
+    for dtype, tol in [(torch.float16, 2e-2), (torch.bfloat16, 5e-2)]:
+        a, w = rand(256, 96, dtype=dtype), rand(128, 96, dtype=dtype)
+        f = lambda a, w: torch.tanh(a @ w.T)
+        yield f"linear {dtype}: jit", lambda f=f, a=a, w=w: tritonfunc.jit(f)(a, w), lambda f=f, a=a, w=w: f(a, w), tol
+
+
+def tf32_check() -> bool:
+    """With torch.backends.cuda.matmul.allow_tf32 the fp32 kernels use TF32, as torch's matmul then does."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        a, w = torch.randn(256, 512, device="cuda"), torch.randn(512, 384, device="cuda")
+        with tritonfunc.record_launches() as rec:
+            got = tritonfunc.jit(torch.mm)(a, w)
+        uses_tf32 = 'input_precision="tf32"' in rec.launches[0].source
+        return uses_tf32 and close(got, a @ w, rtol=1e-2, atol=1e-2)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def checks(x: torch.Tensor):
@@ -81,7 +126,7 @@ def correctness() -> int:
     failures = 0
     # Each check runs three times: traced, replayed from the cache (kernels launched directly, no
     # JITFunction.run), and replayed as a CUDA graph.
-    for name, mine, ref in checks(x):
+    for name, mine, ref, *tol in list(checks(x)) + list(contraction_checks()):
         try:
             want = ref()
             with tritonfunc.record_launches() as rec:
@@ -93,13 +138,16 @@ def correctness() -> int:
                 graphed = mine()
             finally:
                 tritonfunc.set_cache(cuda_graphs=False)
-            ok = close(got, want) and close(replayed, want) and close(graphed, want)
+            ok = all(close(out, want, *(tol * 2)) for out in (got, replayed, graphed))
             print(f"  {'ok  ' if ok else 'FAIL'} {name:34s} launches={rec.count}")
         except Exception as e:  # a crash is a failure of this check, not the end of the run
             ok = False
             print(f"  FAIL {name:34s} {type(e).__name__}: {str(e)[:200]}")
         failures += not ok
     failures += interop()
+    tf32 = tf32_check()
+    print(f"  {'ok  ' if tf32 else 'FAIL'} fp32 contractions use TF32 when torch allows it")
+    failures += not tf32
     print(f"{failures} failed")
     return failures
 

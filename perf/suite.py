@@ -252,6 +252,7 @@ def run_cpu(w: Workload, size: dict, rec: Recorder, providers: tuple[str, ...], 
             if ok:
                 moved = launches.bytes_read + launches.bytes_written
                 rec.add(w, "tritonfunc", size, "launches", launches.count)
+                rec.add(w, "tritonfunc", size, "dot_launches", dot_launches(launches.launches))
                 rec.add(w, "tritonfunc", size, "bytes", moved)
                 rec.add(w, "tritonfunc", size, "bytes_over_ideal", moved / ideal)
                 rec.add(w, "tritonfunc", size, "cold_s", cold)
@@ -286,6 +287,11 @@ def _check_compile(w, size, rec, ref_fn, args, ref, backend):
 _EXPLAIN_BYTES = re.compile(r"bytes read=(\d+) written=(\d+)")
 
 
+def dot_launches(launches) -> int:
+    """The launches whose kernel runs on tensor cores (tl.dot): contractions as template kernels."""
+    return sum(1 for launch in launches if launch.kind == "kernel" and "tl.dot(" in launch.source)
+
+
 def plan(w: Workload, size: dict, rec: Recorder) -> None:
     """At a GPU size, on meta tensors: what tritonfunc would launch and move, and what torch.func would run."""
     torch.manual_seed(0)
@@ -309,6 +315,8 @@ def plan(w: Workload, size: dict, rec: Recorder) -> None:
         return
     rec.add(w, "tritonfunc", size, "plan_status", "ok")
     rec.add(w, "tritonfunc", size, "plan_launches", len(kernels))
+    steps = re.split(r"\n## step \d+: ", text)[1:]
+    rec.add(w, "tritonfunc", size, "plan_dot_launches", sum(1 for step in steps if "tl.dot(" in step))
     rec.add(w, "tritonfunc", size, "plan_bytes", sum(kernels))
     rec.add(w, "tritonfunc", size, "plan_bytes_over_ideal", sum(kernels) / ideal)
 
@@ -399,6 +407,7 @@ def run_gpu(w, size, rec, providers, compile_backend, bandwidth: float, peak: fl
             if ok:
                 moved = launches.bytes_read + launches.bytes_written
                 rec.add(w, "tritonfunc", size, "launches", launches.count)
+                rec.add(w, "tritonfunc", size, "dot_launches", dot_launches(launches.launches))
                 rec.add(w, "tritonfunc", size, "bytes_over_ideal", moved / ideal)
                 measure("tritonfunc", tf_fn)
     if "torch.compile" in providers:
@@ -510,6 +519,7 @@ def _table(rows: list[dict], columns: list[tuple[str, str, str, str]], sizes_of)
 CPU_COLUMNS = [
     ("tritonfunc", "tritonfunc", "status", ""),
     ("launches", "tritonfunc", "launches", "d"),
+    ("tl.dot", "tritonfunc", "dot_launches", "d"),
     ("bytes/ideal", "tritonfunc", "bytes_over_ideal", ".2f"),
     ("host ms", "tritonfunc", "host_ms", ".2f"),
     ("func ops", "torch.func", "aten_ops", "d"),
@@ -519,6 +529,7 @@ CPU_COLUMNS = [
 ]
 PLAN_COLUMNS = [
     ("plan launches", "tritonfunc", "plan_launches", "d"),
+    ("tl.dot", "tritonfunc", "plan_dot_launches", "d"),
     ("plan bytes/ideal", "tritonfunc", "plan_bytes_over_ideal", ".2f"),
     ("func ops", "torch.func", "plan_aten_ops", "d"),
     ("func bytes/ideal", "torch.func", "plan_bytes_over_ideal", ".2f"),
@@ -531,6 +542,7 @@ GPU_COLUMNS = [
     ("compile ms", "torch.compile", "ms", ".4f"),
     ("roof ms", "roofline", "ms", ".4f"),
     ("launches", "tritonfunc", "launches", "d"),
+    ("tl.dot", "tritonfunc", "dot_launches", "d"),
     ("bytes/ideal", "tritonfunc", "bytes_over_ideal", ".2f"),
     ("tf cold s", "tritonfunc", "cold_s", ".2f"),
     ("compile", "torch.compile", "status", ""),

@@ -79,8 +79,8 @@ def _classifier_loss(params, x, t):
     return F.cross_entropy(_mlp(params, x)[None], t[None])
 
 
-def _per_sample_grad(sizes):
-    def setup(device, batch):
+def _per_sample_grad(default_sizes):
+    def setup(device, batch, sizes=tuple(default_sizes)):
         params = _mlp_params(sizes, device)
         x = torch.randn(batch, sizes[0], device=device)
         t = torch.randint(0, sizes[-1], (batch,), device=device)
@@ -147,6 +147,45 @@ def _jacobian(transform: str):
 
 def _predict_scalar(params, x):
     return _mlp(params, x).squeeze(-1)
+
+
+def _batch_loss(params, x, t):
+    return F.cross_entropy(_mlp(params, x), t)
+
+
+def hvp_mlp(device, batch, sizes):
+    """The gradient and a Hessian-vector product of a batch MLP loss in its parameters: jvp(grad)."""
+    params = _mlp_params(sizes, device)
+    v = tuple(torch.randn_like(p) for p in params)
+    x = torch.randn(batch, sizes[0], device=device)
+    t = torch.randint(0, sizes[-1], (batch,), device=device)
+
+    def program(ft):
+        return lambda p, v, x, t: ft.jvp(lambda q: ft.grad(_batch_loss)(q, x, t), (p,), (v,))
+
+    return (params, v, x, t), program
+
+
+def batched_jacobians(device, batch, sizes):
+    """Per-example Jacobians of an MLP in its input: vmap(jacrev)."""
+    params = _mlp_params(sizes, device)
+    x = torch.randn(batch, sizes[0], device=device)
+    return (params, x), lambda ft: ft.vmap(ft.jacrev(_mlp, argnums=1), in_dims=(None, 0))
+
+
+def _attention_block(params, x):
+    """One self-attention block on one sequence x [seq, dim]: projections, softmax(q k^T / sqrt(d))
+    v, output projection, and a squared-error loss."""
+    wq, wk, wv, wo = params
+    q, k, v = x @ wq.T, x @ wk.T, x @ wv.T
+    weights = torch.softmax(q @ k.T / q.shape[-1] ** 0.5, -1)
+    return ((weights @ v) @ wo.T).pow(2).mean()
+
+
+def psgrad_attention(device, batch, seq, dim):
+    params = tuple(torch.randn(dim, dim, device=device) / dim**0.5 for _ in range(4))
+    x = torch.randn(batch, seq, dim, device=device)
+    return (params, x), lambda ft: ft.vmap(ft.grad(_attention_block), in_dims=(None, 0))
 
 
 def hessian_mlp(device, d_in, hidden):
@@ -245,8 +284,39 @@ WORKLOADS = [
         "psgrad_mlp",
         "per-sample gradients, MLP 784 -> 128 -> 10 (tanh), cross-entropy",
         _per_sample_grad([784, 128, 10]),
-        cpu=[dict(batch=2)],
+        # the second CPU size is issue 9's proxy: a 2-layer MLP on tensor cores (M, N, K >= 16)
+        cpu=[dict(batch=2), dict(batch=64, sizes=(32, 32, 16))],
         gpu=[dict(batch=4096)],
+        contraction=True,
+        rtol=1e-3,
+        atol=1e-4,
+    ),
+    Workload(
+        "psgrad_attention",
+        "per-sample gradients of a self-attention block (4 projections, softmax), squared error",
+        psgrad_attention,
+        cpu=[dict(batch=8, seq=16, dim=32)],
+        gpu=[dict(batch=256, seq=128, dim=256)],
+        contraction=True,
+        rtol=1e-3,
+        atol=1e-4,
+    ),
+    Workload(
+        "hvp_mlp",
+        "jvp(grad(loss)): gradient and HVP of a batch MLP loss in its parameters",
+        hvp_mlp,
+        cpu=[dict(batch=64, sizes=(32, 32, 16))],
+        gpu=[dict(batch=4096, sizes=(784, 512, 10))],
+        contraction=True,
+        rtol=1e-3,
+        atol=1e-4,
+    ),
+    Workload(
+        "batched_jacobians",
+        "vmap(jacrev(mlp)): per-example Jacobians of an MLP in its input",
+        batched_jacobians,
+        cpu=[dict(batch=64, sizes=(32, 32, 16))],
+        gpu=[dict(batch=4096, sizes=(784, 128, 10))],
         contraction=True,
         rtol=1e-3,
         atol=1e-4,
@@ -315,7 +385,7 @@ WORKLOADS = [
         "batched_hessian_mlp",
         "vmap(jacfwd(jacrev(predict))), MLP 2 -> hidden x layers -> 3 (tanh)",
         batched_hessian_mlp,
-        cpu=[dict(batch=2, hidden=8, layers=2)],
+        cpu=[dict(batch=2, hidden=8, layers=2), dict(batch=4, hidden=32, layers=2)],
         gpu=[dict(batch=10000, hidden=512, layers=6)],
         contraction=True,
         rtol=1e-3,
@@ -325,7 +395,7 @@ WORKLOADS = [
         "ensemble_mlp",
         "an ensemble of MLPs (ReLU) on one minibatch: vmap(functional_call)",
         ensemble_mlp,
-        cpu=[dict(models=10, batch=2, sizes=(16, 8, 8, 4))],
+        cpu=[dict(models=10, batch=2, sizes=(16, 8, 8, 4)), dict(models=4, batch=64, sizes=(32, 32, 16))],
         gpu=[dict(models=10, batch=4096, sizes=(784, 128, 128, 10))],
         composed=False,
         contraction=True,

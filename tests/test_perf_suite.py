@@ -67,6 +67,20 @@ def test_every_workload_runs_and_agrees_with_torch_func(cpu_run):
             assert _values(rows, w.name, "ideal_bytes", "roofline")[size] > 0
 
 
+def test_contraction_workloads_report_their_tensor_core_launches(cpu_run):
+    """Issue 9's CPU proxies: every launch of the MLP per-sample gradients and of the batch-loss HVP
+    runs tl.dot, and the plans at GPU sizes count theirs from the explained sources."""
+    rows, stdout = cpu_run
+    proxy = "batch=64,sizes=32-32-16"
+    for name in ("psgrad_mlp", "hvp_mlp", "batched_jacobians"):
+        assert _values(rows, name, "dot_launches")[proxy] == _values(rows, name, "launches")[proxy] >= 1
+    assert _values(rows, "psgrad_mlp", "launches")[proxy] <= 3
+    plan = _values(rows, "psgrad_mlp", "plan_dot_launches")["batch=4096"]
+    assert 1 <= plan <= _values(rows, "psgrad_mlp", "plan_launches")["batch=4096"]
+    assert _values(rows, "grad_elementwise", "dot_launches")["n=4096"] == 0
+    assert "tl.dot" in stdout
+
+
 def test_plan_at_gpu_size_counts_bytes_from_explain(cpu_run):
     """vmap(grad(cross-entropy)) over 4096 x 32768: every logit must be read and every gradient
     written, so the planned bytes are at least the ideal, and bytes / ideal is their quotient."""

@@ -38,9 +38,10 @@ def _start() -> subprocess.Popen:
 
 
 @functools.cache
-def compile_sm90(path: str, name: str, signature: tuple, num_warps: int = 4) -> dict:
+def compile_sm90(path: str, name: str, signature: tuple, num_warps: int = 4, num_stages: int = 3) -> dict:
     """Compiles kernel `name` from the source file `path`; returns its metadata or raises."""
     request = {"path": path, "name": name, "signature": dict(signature), "num_warps": num_warps}
+    request["num_stages"] = num_stages
     with _lock:
         worker = _start()
         worker.stdin.write(json.dumps(request) + "\n")
@@ -53,7 +54,7 @@ def compile_sm90(path: str, name: str, signature: tuple, num_warps: int = 4) -> 
     return reply
 
 
-def _compile_here(path: str, name: str, signature: dict, num_warps: int = 4) -> dict:
+def _compile_here(path: str, name: str, signature: dict, num_warps: int = 4, num_stages: int = 3) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -62,7 +63,8 @@ def _compile_here(path: str, name: str, signature: dict, num_warps: int = 4) -> 
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     source = ASTSource(getattr(module, name), signature, {})
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    options = {"num_warps": num_warps, "num_stages": num_stages}
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     meta = compiled.metadata
     return {
         "registers": getattr(compiled, "n_regs", None),
@@ -76,7 +78,13 @@ def _serve():
     for line in sys.stdin:
         request = json.loads(line)
         try:
-            reply = _compile_here(request["path"], request["name"], request["signature"], request.get("num_warps", 4))
+            reply = _compile_here(
+                request["path"],
+                request["name"],
+                request["signature"],
+                request.get("num_warps", 4),
+                request.get("num_stages", 3),
+            )
         except Exception as e:  # the error text goes back to the test that generated the kernel
             reply = {"error": f"{type(e).__name__}: {e}"}
         sys.stdout.write(json.dumps(reply) + "\n")

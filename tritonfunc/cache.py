@@ -11,7 +11,8 @@ under a key of everything that decides that Program:
   - the arguments' pytree structure; each tensor's shape, dtype, strides, device and
     requires_grad; the value of each argument that is a number, string, bool, None, dtype or
     device (other objects are guarded like captured values);
-  - grad mode, forward-AD mode, the default dtype, autocast, and the backend.
+  - grad mode, forward-AD mode, the default dtype, autocast, torch's TF32 setting for matmuls, and
+    the backend.
 
 Everything the function reads besides its arguments is guarded (guards.py): values compared at each
 call, captured tensors re-read at each call.  A call whose key matches and whose guards pass does a
@@ -38,6 +39,7 @@ from torch.utils import _pytree as pytree
 from . import autograd, runtime
 from . import guards as G
 from .graph import Seed, bind_consts
+from .kernels.contraction import matmul_allows_tf32
 from .trace import Traced, Tracer, replay_view, trace, trace_stack
 
 MAX_ENTRIES = 256  # cached calls kept, least recently used dropped first
@@ -163,6 +165,7 @@ def _key(wrapper, leaves: list, spec, device: torch.device, backend: str) -> tup
         torch._C._is_fwd_grad_enabled(),
         torch.get_default_dtype(),
         torch.is_autocast_enabled(),
+        matmul_allows_tf32(),  # float32 contractions follow it
         backend,
     )
 

@@ -105,6 +105,16 @@ class Idx:
             return Idx(0, whole), rest
         return None
 
+    def _factor(self, n: int) -> tuple[int, Idx, Idx] | None:
+        """(c, y, rest) with self = c*y + rest, c > 1 dividing n, and 0 <= rest < c: the largest c."""
+        for c in sorted({t.coef for t in self.terms if t.coef > 1 and n % t.coef == 0}, reverse=True):
+            split = self._split(c)
+            if split is not None:
+                whole, rest = split
+                y = Idx(0, tuple(Term(t.base, t.extent, t.deps, t.div, t.mod, t.coef // c) for t in whole.terms))
+                return c, y, rest
+        return None
+
     def __floordiv__(self, n: int) -> Idx:
         if n == 1:
             return self
@@ -112,6 +122,14 @@ class Idx:
         if split is not None:  # (n*k*X + rest) // n == k*X when rest < n
             whole, _ = split
             return Idx(0, tuple(Term(t.base, t.extent, t.deps, t.div, t.mod, t.coef // n) for t in whole.terms))
+        whole = tuple(t for t in self.terms if t.coef % n == 0)
+        if whole and len(whole) < len(self.terms) and self.const >= 0:  # (n*K + rest) // n == K + rest // n
+            rest = Idx(self.const, tuple(t for t in self.terms if t.coef % n != 0))
+            return Idx(0, tuple(Term(t.base, t.extent, t.deps, t.div, t.mod, t.coef // n) for t in whole)) + rest // n
+        factor = self._factor(n)
+        if factor is not None:  # (c*y + rest) // n == y // (n / c) when c divides n and rest < c
+            c, y, _ = factor
+            return y // (n // c)
         if self.const == 0 and len(self.terms) == 1:
             t = self.terms[0]
             if t.coef == 1 and (t.mod is None or t.mod % n == 0):
@@ -126,6 +144,13 @@ class Idx:
         split = self._split(n)
         if split is not None:  # (n*k*X + rest) % n == rest when rest < n
             return split[1]
+        whole = tuple(t for t in self.terms if t.coef % n == 0)
+        if whole and len(whole) < len(self.terms):  # (n*K + rest) % n == rest % n
+            return Idx(self.const, tuple(t for t in self.terms if t.coef % n != 0)) % n
+        factor = self._factor(n)
+        if factor is not None:  # (c*y + rest) % n == c * (y % (n / c)) + rest when c divides n and rest < c
+            c, y, rest = factor
+            return (y % (n // c)) * c + rest
         if self.const == 0 and len(self.terms) == 1:
             t = self.terms[0]
             if t.coef == 1 and (t.mod is None or t.mod % n == 0):
@@ -215,6 +240,8 @@ def opaque(text: str, extent: int | None, deps: frozenset[str]) -> Idx:
 def clamp(index: Idx, lo: int, hi: int) -> Idx:
     """min(max(index, lo), hi): where a fused select reads an operand at positions it discards
     (concatenate, pad), the read must still stay in bounds."""
+    if hi <= lo:  # one position (a stacked piece of size 1): no variable left
+        return Idx.of(lo)
     return opaque(f"tl.minimum(tl.maximum({index.render()}, {lo}), {hi})", hi + 1, index.deps)
 
 

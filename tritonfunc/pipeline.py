@@ -20,6 +20,8 @@ from .graph import Graph, Var, verify
 from .schedule import Program
 
 GRAPH_PASSES = [
+    ("ghost norms", schedule.ghost_norms),
+    ("expand small contractions", schedule.expand_small_contractions),
     ("split long reductions", schedule.split_long_reductions),
     ("fold trivial reductions", schedule.fold_trivial_reductions),
     ("eliminate common subexpressions", schedule.eliminate_common_subexpressions),
@@ -40,9 +42,10 @@ def optimize(graph: Graph) -> Graph:
     return graph
 
 
-def compile_program(graph: Graph, strides: dict[Var, tuple[int, ...]]) -> Program:
-    """Graph -> Program with each kernel's Triton source, for inputs with these strides."""
+def compile_program(graph: Graph, strides: dict[Var, tuple[int, ...]], target: str = "sm90") -> Program:
+    """Graph -> Program with each kernel's Triton source, for inputs with these strides, for the
+    interpreter or the H100 ("interpreter", "sm90": the tiles of contraction kernels)."""
     program = schedule.schedule(optimize(graph))
     for step in program.kernel_steps:
-        step.source = codegen.generate(step.kernel, strides)
+        step.source = codegen.generate(step.kernel, strides, target)
     return program

@@ -557,13 +557,21 @@ def concat_offsets(sizes: list[int]) -> list[int]:
     return offs
 
 
+def _piece_index(i: Idx, n: int, off: int) -> Idx:
+    """Where piece [off, off + n) of a concatenation is read at position i: i - off where selected;
+    every piece is read (all but one discarded by a select), so in range everywhere.  When i is
+    n * q + r with 0 <= r < n and off a multiple of n (a stack of equal pieces), that is r; else a clamp."""
+    split = i._split(n) if n > 1 else None
+    if split is not None and off % n == 0:
+        return split[1]
+    return clamp(i + (-off), 0, n - 1)
+
+
 def _concat_index(node, index):
-    # Every operand is read (then all but one discarded by a select), so clamp its index into range.
     axis, i = node.params["axis"], index[node.params["axis"]]
     sizes = [v.shape[axis] for v in node.inputs]
     return [
-        index[:axis] + (clamp(i + (-off), 0, n - 1),) + index[axis + 1 :]
-        for n, off in zip(sizes, concat_offsets(sizes))
+        index[:axis] + (_piece_index(i, n, off),) + index[axis + 1 :] for n, off in zip(sizes, concat_offsets(sizes))
     ]
 
 
@@ -772,6 +780,144 @@ def _cumsum_impl(x, *, axis, reverse):
 cumsum = register(Primitive("cumsum", "scan", lambda x, *, axis, reverse: x, _cumsum_impl))
 cumsum.transpose = lambda ct, out, x, *, axis, reverse: [cumsum(ct, axis=axis, reverse=not reverse)]
 cumsum.batch = lambda xs, bt, size, *, axis, reverse: cumsum(xs[0], axis=axis + 1, reverse=reverse)
+
+
+# ---------------------------------------------------------------------------------------------
+# Contractions: one primitive for every matmul form (XLA's dot_general).
+#
+#   dot_general(a, b, contract=(ca, cb), batch=(ba, bb))
+#
+# sums a * b over the paired axes ca[i] of a and cb[i] of b, elementwise along the paired batch axes
+# ba[i], bb[i]; the result's axes are the batch axes, then a's free axes, then b's free axes, each in
+# operand order.  mm is contract=((1,), (0,)); bmm adds batch=((0,), (0,)); a dot product contracts
+# everything; an outer product contracts nothing.  Both operands have one dtype (tracing casts).
+# The scheduler runs it as a tl.dot template kernel (kernels/contraction.py) with the producers of
+# its operands fused in front and its consumers behind, or, when it is too small for tensor cores
+# to pay, expands it into the broadcast multiply and sum below (`expand_dot_general`).
+
+
+def dot_axes(a_rank: int, b_rank: int, contract, batch) -> tuple[list[int], list[int]]:
+    """The free axes of a and of b, in operand order."""
+    (ca, cb), (ba, bb) = contract, batch
+    return [d for d in range(a_rank) if d not in ca and d not in ba], [
+        d for d in range(b_rank) if d not in cb and d not in bb
+    ]
+
+
+def _dot_shape(a, b, *, contract, batch):
+    (ash, adt), (bsh, bdt) = a, b
+    (ca, cb), (ba, bb) = contract, batch
+    assert adt == bdt, f"dot_general operands must have one dtype: {adt}, {bdt}"
+    assert len(ca) == len(cb) and len(ba) == len(bb), (contract, batch)
+    assert all(ash[i] == bsh[j] for i, j in zip(ca, cb)), f"contracted sizes differ: {ash} {bsh} {contract}"
+    assert all(ash[i] == bsh[j] for i, j in zip(ba, bb)), f"batch sizes differ: {ash} {bsh} {batch}"
+    assert len(set(ca) | set(ba)) == len(ca) + len(ba) and len(set(cb) | set(bb)) == len(cb) + len(bb)
+    fa, fb = dot_axes(len(ash), len(bsh), contract, batch)
+    return (*[ash[i] for i in ba], *[ash[i] for i in fa], *[bsh[j] for j in fb]), adt
+
+
+def _dot_impl(a, b, *, contract, batch):
+    """torch.einsum with one letter per axis (it runs as a bmm)."""
+    (ca, cb), (ba, bb) = contract, batch
+    fa, fb = dot_axes(a.dim(), b.dim(), contract, batch)
+    letters = iter("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    a_sub, b_sub = [""] * a.dim(), [""] * b.dim()
+    for i, j in [*zip(ba, bb), *zip(ca, cb)]:
+        a_sub[i] = b_sub[j] = next(letters)
+    for i in fa:
+        a_sub[i] = next(letters)
+    for j in fb:
+        b_sub[j] = next(letters)
+    out = "".join(a_sub[i] for i in ba) + "".join(a_sub[i] for i in fa) + "".join(b_sub[j] for j in fb)
+    return torch.einsum(f"{''.join(a_sub)},{''.join(b_sub)}->{out}", a, b)
+
+
+dot_general = register(Primitive("dot_general", "contraction", _dot_shape, _dot_impl, strategy=TEMPLATE))
+
+
+def _dot_jvp(primals, tangents, out, *, contract, batch):
+    """Bilinear: d(a b) = da b + a db."""
+    (a, b), (a_dot, b_dot) = primals, tangents
+    return _sum_terms(
+        None if a_dot is None else dot_general(a_dot, b, contract=contract, batch=batch),
+        None if b_dot is None else dot_general(a, b_dot, contract=contract, batch=batch),
+    )
+
+
+def _dot_ct(ct, mine, other, mine_is_a: bool, contract, batch):
+    """The cotangent of one operand: ct contracted with the other operand over the other's free axes
+    (one contraction), then laid out in the operand's own axis order (a transpose: free in kernels)."""
+    (ca, cb), (ba, bb) = contract, batch
+    a, b = (mine, other) if mine_is_a else (other, mine)
+    fa, fb = dot_axes(len(a.shape), len(b.shape), contract, batch)
+    nb = len(ba)
+    # ct's axes: the batch axes [0, nb), a's free axes, then b's free axes.
+    if mine_is_a:
+        mine_c, other_c, mine_b, other_b, mine_f, other_f = ca, cb, ba, bb, fa, fb
+        ct_other_f = tuple(range(nb + len(fa), nb + len(fa) + len(fb)))
+    else:
+        mine_c, other_c, mine_b, other_b, mine_f, other_f = cb, ca, bb, ba, fb, fa
+        ct_other_f = tuple(range(nb, nb + len(fa)))
+    # g's axes: the batch axes, my free axes (ct's), then the other's contracted axes in its order.
+    g = dot_general(ct, other, contract=(ct_other_f, tuple(other_f)), batch=(tuple(range(nb)), tuple(other_b)))
+    pos = {d: i for i, d in enumerate(mine_b)} | {d: nb + i for i, d in enumerate(mine_f)}
+    ordered = sorted(other_c)
+    pos |= {d: nb + len(mine_f) + ordered.index(o) for d, o in zip(mine_c, other_c)}
+    return current_builder().transpose(g, [pos[d] for d in range(len(mine.shape))])
+
+
+def _dot_vjp(primals, out, ct, *, contract, batch):
+    """The transpose: each operand's cotangent is one contraction of ct with the other operand."""
+    a, b = primals
+    return [
+        _dot_ct(ct, a, b, True, contract, batch),
+        _dot_ct(ct, b, a, False, contract, batch),
+    ]
+
+
+dot_general.jvp, dot_general.vjp = _dot_jvp, _dot_vjp
+
+
+def _dot_batch(xs, batched, size, *, contract, batch):
+    """A batch axis on both operands is one more batch axis (the kernel grid's axis 1); on one operand
+    only, it is one more free axis of that operand, so vmap over a matmul's rows is one bigger GEMM."""
+    a, b = xs
+    (ca, cb), (ba, bb) = contract, batch
+    fa, fb = dot_axes(len(a.shape) - batched[0], len(b.shape) - batched[1], contract, batch)
+    if batched[0] and batched[1]:
+        return dot_general(a, b, contract=(_shift(ca), _shift(cb)), batch=((0, *_shift(ba)), (0, *_shift(bb))))
+    if batched[0]:
+        out = dot_general(a, b, contract=(_shift(ca), cb), batch=(_shift(ba), bb))
+        at = len(ba)  # the batch axis is a's first free axis
+    else:
+        out = dot_general(a, b, contract=(ca, _shift(cb)), batch=(ba, _shift(bb)))
+        at = len(ba) + len(fa)  # b's first free axis
+    rank = len(out.shape)
+    return current_builder().transpose(out, [at, *[d for d in range(rank) if d != at]])
+
+
+dot_general.batch = _dot_batch
+
+
+def expand_dot_general(a: Var, b: Var, *, contract, batch) -> Var:
+    """dot_general as a broadcast multiply and a sum over the contracted axes (laid out last): the
+    form the fused pointwise and row kernels compute, for contractions too small for tl.dot."""
+    bld = current_builder()
+    (ca, cb), (ba, bb) = contract, batch
+    fa, fb = dot_axes(len(a.shape), len(b.shape), contract, batch)
+    nb, nfa, nfb = len(ba), len(fa), len(fb)
+    out_shape, _ = _dot_shape((a.shape, a.dtype), (b.shape, b.dtype), contract=contract, batch=batch)
+    shape = (*out_shape, *[a.shape[i] for i in ca])
+    a_dims = {d: i for i, d in enumerate(ba)} | {d: nb + i for i, d in enumerate(fa)}
+    a_dims |= {d: nb + nfa + nfb + i for i, d in enumerate(ca)}
+    b_dims = {d: i for i, d in enumerate(bb)} | {d: nb + nfa + i for i, d in enumerate(fb)}
+    b_dims |= {d: nb + nfa + nfb + i for i, d in enumerate(cb)}
+    a_wide = broadcast_in_dim(a, shape=shape, dims=tuple(a_dims[d] for d in range(len(a.shape))))
+    b_wide = broadcast_in_dim(b, shape=shape, dims=tuple(b_dims[d] for d in range(len(b.shape))))
+    prod = a_wide * b_wide
+    if not ca:
+        return prod
+    return bld.reduce(reduce_sum, prod, tuple(range(len(out_shape), len(shape))))
 
 
 for _p in list(PRIMS.values()):

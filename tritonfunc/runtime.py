@@ -44,6 +44,7 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 from .codegen import KernelSource  # noqa: E402
 from .graph import Graph, Var  # noqa: E402
+from .kernels.contraction import matmul_allows_tf32  # noqa: E402
 from .pipeline import compile_program  # noqa: E402
 from .schedule import KernelStep, Program  # noqa: E402
 
@@ -271,7 +272,7 @@ def compile_for_sm90(ks: KernelSource) -> dict:
     """Compiles a generated kernel for the H100 (sm_90) on this machine; raises on any error."""
     from .aot import compile_sm90
 
-    return compile_sm90(str(_source_file(ks)), ks.name, tuple(ks.signature.items()), ks.num_warps)
+    return compile_sm90(str(_source_file(ks)), ks.name, tuple(ks.signature.items()), ks.num_warps, ks.num_stages)
 
 
 def _lgamma(x: float) -> float:
@@ -406,6 +407,7 @@ class Executable:
             else:
                 node = what
                 outs = node.prim.impl(*[env[k] for k in reads], **node.params)
+                outs = outs if node.prim.multiple_results else (outs,)  # a template run by torch
                 for v, k, t in zip(writes, ks, outs):  # ks: the output slots of a torch step
                     _check_opaque_result(node, v, t)
                     env[k] = t if t.is_contiguous() else t.contiguous()  # kernels read buffers as contiguous
@@ -434,7 +436,8 @@ class Executable:
                 compiled.function, compiled.packed_metadata, None, None, None, *args,
             )  # fmt: skip
             return
-        compiled = kernel[ks.grid](*args, num_warps=ks.num_warps)  # binds, compiles once, launches
+        # binds, compiles once, launches
+        compiled = kernel[ks.grid](*args, num_warps=ks.num_warps, num_stages=ks.num_stages)
         if all(hasattr(compiled, a) for a in ("run", "function", "packed_metadata")):
             self.compiled[key] = compiled
 
@@ -493,13 +496,17 @@ def _distinct(outputs: list[torch.Tensor]) -> list[torch.Tensor]:
     return result
 
 
-def program_for(graph: Graph, inputs: list[torch.Tensor]) -> Program:
-    """The Program of a graph, with each kernel's source, for inputs with these strides."""
-    return compile_program(graph, {v: tuple(t.stride()) for v, t in zip(graph.inputs, inputs)})
+def program_for(graph: Graph, inputs: list[torch.Tensor], target: str | None = None) -> Program:
+    """The Program of a graph, with each kernel's source, for inputs with these strides; for the
+    interpreter when they are CPU tensors, else for the H100 (meta tensors: a plan at GPU sizes)."""
+    if target is None:
+        device = inputs[0].device if inputs else torch.device("cpu")
+        target = "interpreter" if device.type == "cpu" else "sm90"
+    return compile_program(graph, {v: tuple(t.stride()) for v, t in zip(graph.inputs, inputs)}, target)
 
 
 def build(graph: Graph, inputs: list[torch.Tensor], interpret: bool) -> Executable:
-    program = program_for(graph, inputs)
+    program = program_for(graph, inputs, "interpreter" if interpret else "sm90")
     kernels = {i: load_kernel(s.source, interpret) for i, s in enumerate(program.steps) if isinstance(s, KernelStep)}
     return Executable(program, kernels, interpret)
 
@@ -525,7 +532,8 @@ def evaluate(graph: Graph, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def executable_for(graph: Graph, inputs: list[torch.Tensor], backend: str) -> Executable:
-    layout = (tuple((tuple(t.stride()), t.device.type) for t in inputs), backend)
+    # Float32 contractions follow torch's TF32 setting, read when their kernels are generated.
+    layout = (tuple((tuple(t.stride()), t.device.type) for t in inputs), backend, matmul_allows_tf32())
     mine = _BY_GRAPH.setdefault(graph, {})
     if layout in mine:
         return mine[layout]

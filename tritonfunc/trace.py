@@ -196,6 +196,12 @@ class Tracer(torch.Tensor):
                 if c.dim() == 1:
                     out = out.squeeze(-1)
                 return out
+        # F.linear of a 1-D input runs that same matmul: give it a row instead.
+        if func is torch.nn.functional.linear:
+            rest = dict(kwargs or {})
+            x = args[0] if args else rest.pop("input", None)
+            if isinstance(x, torch.Tensor) and x.dim() == 1:
+                return func(x.unsqueeze(0), *args[1:], **rest).squeeze(0)
         return _call(func, args, kwargs)
 
 

@@ -4,8 +4,9 @@ efficient, flash and cuDNN on CUDA) and its math op, all as the math formula
     out = safe_softmax(q @ k^T * scale + mask) @ v,    logsumexp = log(sum(exp(q @ k^T * scale + mask)))
 
 with each op's outputs in its own shapes.  Rows whose every key is masked give 0 (and a logsumexp of
-0 from the CPU flash kernel, as it does).  The contractions are broadcast products and sums, so the
-whole attention fuses with what surrounds it, and every transform applies.  Dropout is not fused
+0 from the CPU flash kernel, as it does).  The scores and the weighted sum are contractions
+(dot_general: tensor-core GEMMs where they are large enough), the softmax between them fuses with
+what surrounds it, and every transform applies.  Dropout is not fused
 here: torch takes its Python math path for dropout_p > 0, whose random draws are lowered elsewhere.
 """
 
@@ -15,20 +16,21 @@ import math
 
 import torch
 
+from .. import primitives as P
 from ..graph import DTYPES, Builder, Var
 from . import aten, lowers
 from .nn import safe_softmax
 
 
 def _contract(b: Builder, a: Var, c: Var) -> Var:
-    """[..., M, K] x [..., N, K] -> [..., M, N]: sum over the shared last axis."""
-    *batch, m, k = a.shape
-    n = c.shape[-2]
+    """[..., M, K] x [..., N, K] -> [..., M, N]: one contraction over the shared last axis, batched over
+    the leading axes (broadcast to one shape first)."""
+    *batch_a, m, k = a.shape
+    *batch_c, n, _ = c.shape
+    batch = tuple(max(x, y) for x, y in zip(batch_a, batch_c))
+    a, c = b.broadcast_to(a, (*batch, m, k)), b.broadcast_to(c, (*batch, n, k))
     nb = len(batch)
-    shape = (*batch, m, n, k)
-    a3 = b.broadcast_in_dim(a, shape=shape, dims=(*range(nb), nb, nb + 2))
-    c3 = b.broadcast_in_dim(c, shape=shape, dims=(*range(nb), nb + 1, nb + 2))
-    return b.reduce_sum(a3 * c3, axes=(nb + 2,))
+    return P.dot_general(a, c, contract=((nb + 1,), (nb + 1,)), batch=(tuple(range(nb)), tuple(range(nb))))
 
 
 def _repeat_heads(b: Builder, x: Var, heads: int) -> Var:

@@ -1,4 +1,11 @@
-"""Contractions: matmul forms, as a broadcast multiply and a reduction (memory-bound, but it fuses)."""
+"""Contractions: every matmul form is one `dot_general` (primitives.py).
+
+torch reduces matmul, linear, einsum, tensordot, inner and the broadcasting matmul cases to mm, bmm,
+mv, dot and addmm on views (expand, reshape, permute) before an op reaches a tracer; those views cost
+nothing in a kernel, so each form lands here as one contraction with its operands re-indexed.
+torch.outer (and ger) reach the tracer as a broadcast multiply: a contraction over no axes, which
+is what `dot_general` expands into at that size anyway.
+"""
 
 from __future__ import annotations
 
@@ -6,39 +13,132 @@ from .. import primitives as P
 from ..graph import Var
 from . import aten, lowers
 
-
-def _matmul_vars(b, a: Var, c: Var, dtype) -> Var:
-    """[..., M, K] @ [..., K, N] with equal batch dims -> [..., M, N]."""
-    *batch, m, k = a.shape
-    n = c.shape[-1]
-    nb = len(batch)
-    full_shape = (*batch, m, k, n)
-    a3 = b.emit(P.broadcast_in_dim, [b.cast(a, dtype)], shape=full_shape, dims=(*range(nb), nb, nb + 1))
-    c3 = b.emit(P.broadcast_in_dim, [b.cast(c, dtype)], shape=full_shape, dims=(*range(nb), nb + 1, nb + 2))
-    return b.reduce(P.reduce_sum, b.emit(P.mul, [a3, c3]), (nb + 1,))
+MM = dict(contract=((1,), (0,)), batch=((), ()))  # [M, K] x [K, N]
+BMM = dict(contract=((2,), (1,)), batch=((0,), (0,)))  # [B, M, K] x [B, K, N]
+DOT = dict(contract=((0,), (0,)), batch=((), ()))  # [K] x [K]
+OUTER = dict(contract=((), ()), batch=((), ()))  # [M] x [N]
 
 
-@lowers(aten.mm, aten.bmm)
-def _mm(b, out, a, c):
-    return _matmul_vars(b, a, c, out.dtype)
+def contract(b, x: Var, y: Var, dtype, **axes) -> Var:
+    return P.dot_general(b.cast(x, dtype), b.cast(y, dtype), **axes)
+
+
+def _scaled(b, value: Var, factor, out) -> Var:
+    return value if factor == 1 else value * b.full(factor, out.dtype, value.shape)
+
+
+def _plus_scaled_input(b, out, inp, prod: Var, beta, alpha) -> Var:
+    """beta * inp + alpha * prod, as torch's add* ops: beta == 0 ignores inp (even NaN in it)."""
+    prod = b.broadcast_to(_scaled(b, prod, alpha, out), out.shape)
+    if beta == 0:
+        return prod
+    return _scaled(b, b.operand(inp, out.dtype, out.shape), beta, out) + prod
+
+
+@lowers(aten.mm)
+def _mm(b, out, x, y):
+    return contract(b, x, y, out.dtype, **MM)
+
+
+@lowers(aten.bmm)
+def _bmm(b, out, x, y):
+    return contract(b, x, y, out.dtype, **BMM)
 
 
 @lowers(aten.mv)
-def _mv(b, out, a, v):
-    return b.reshape(_matmul_vars(b, a, b.reshape(v, (v.shape[0], 1)), out.dtype), out.shape)
+def _mv(b, out, x, v):
+    return contract(b, x, v, out.dtype, **MM)
 
 
-@lowers(aten.dot)
-def _dot(b, out, a, c):
-    return b.reduce(P.reduce_sum, b.emit(P.mul, [b.cast(a, out.dtype), b.cast(c, out.dtype)]), (0,))
+@lowers(aten.dot, aten.vdot)
+def _dot(b, out, x, y):
+    return contract(b, x, y, out.dtype, **DOT)
 
 
 @lowers(aten.addmm)
-def _addmm(b, out, bias, a, c, *, beta=1, alpha=1):
-    prod = _matmul_vars(b, a, c, out.dtype)
-    if alpha != 1:
-        prod = b.emit(P.mul, [prod, b.full(alpha, out.dtype, out.shape)])
-    bias = b.operand(bias, out.dtype, out.shape)
-    if beta != 1:
-        bias = b.emit(P.mul, [bias, b.full(beta, out.dtype, out.shape)])
-    return b.emit(P.add, [bias, prod]) if beta != 0 else prod
+def _addmm(b, out, inp, x, y, *, beta=1, alpha=1):
+    return _plus_scaled_input(b, out, inp, contract(b, x, y, out.dtype, **MM), beta, alpha)
+
+
+@lowers(aten.addmv)
+def _addmv(b, out, inp, x, v, *, beta=1, alpha=1):
+    return _plus_scaled_input(b, out, inp, contract(b, x, v, out.dtype, **MM), beta, alpha)
+
+
+@lowers(aten.baddbmm)
+def _baddbmm(b, out, inp, x, y, *, beta=1, alpha=1):
+    return _plus_scaled_input(b, out, inp, contract(b, x, y, out.dtype, **BMM), beta, alpha)
+
+
+@lowers(aten.addbmm)
+def _addbmm(b, out, inp, x, y, *, beta=1, alpha=1):
+    """The sum of a batch of products: the batch axis is contracted too (one GEMM with K = B * K)."""
+    prod = contract(b, x, y, out.dtype, contract=((0, 2), (0, 1)), batch=((), ()))
+    return _plus_scaled_input(b, out, inp, prod, beta, alpha)
+
+
+@lowers(aten.addr)
+def _addr(b, out, inp, u, v, *, beta=1, alpha=1):
+    return _plus_scaled_input(b, out, inp, contract(b, u, v, out.dtype, **OUTER), beta, alpha)
+
+
+def contract_many(b, terms: list[tuple[Var, tuple]], out_letters: tuple) -> Var:
+    """An einsum over vars: each term is (var, one letter per axis); the result has `out_letters`.
+    Terms are contracted left to right, one dot_general per pair: letters both share and that are
+    needed later are batch axes, those no one needs later are contracted, and a letter only one
+    operand has and no one needs is summed out first."""
+    sizes: dict = {}
+    for v, letters in terms:
+        for letter, n in zip(letters, v.shape):
+            sizes[letter] = max(sizes.get(letter, 1), n)
+    terms = [(_spread(v, ls, sizes), ls) for v, ls in terms]
+
+    def sum_private(v, letters, needed):
+        axes = tuple(i for i, letter in enumerate(letters) if letter not in needed)
+        if not axes:
+            return v, letters
+        return b.reduce_sum(v, axes=axes), tuple(x for i, x in enumerate(letters) if i not in axes)
+
+    var, letters = terms[0]
+    for k, (other, other_letters) in enumerate(terms[1:], start=1):
+        later = set(out_letters).union(*(set(ls) for _, ls in terms[k + 1 :]))
+        var, letters = sum_private(var, letters, set(other_letters) | later)
+        other, other_letters = sum_private(other, other_letters, set(letters) | later)
+        shared = [x for x in letters if x in other_letters]
+        batch = [x for x in shared if x in later]
+        summed = [x for x in shared if x not in later]
+        var = P.dot_general(
+            var,
+            other,
+            contract=(tuple(letters.index(x) for x in summed), tuple(other_letters.index(x) for x in summed)),
+            batch=(tuple(letters.index(x) for x in batch), tuple(other_letters.index(x) for x in batch)),
+        )
+        letters = (
+            tuple(batch)
+            + tuple(x for x in letters if x not in shared)
+            + tuple(x for x in other_letters if x not in shared)
+        )
+    var, letters = sum_private(var, letters, set(out_letters))
+    present = [x for x in out_letters if x in letters]
+    return b.transpose(var, [letters.index(x) for x in present])
+
+
+def _spread(v: Var, letters, sizes) -> Var:
+    """v broadcast along its size-1 axes to the size the other terms give its letter."""
+    shape = tuple(sizes[x] for x in letters)
+    if shape == v.shape:
+        return v
+    return P.broadcast_in_dim(v, shape=shape, dims=tuple(range(len(shape))))
+
+
+@lowers(aten._trilinear)
+def _trilinear(b, out, i1, i2, i3, expand1, expand2, expand3, sumdim, unroll_dim=1):
+    """The product of three tensors unsqueezed at their `expand` axes, summed over `sumdim`: F.bilinear
+    lowers to it.  Each axis position is a letter; an operand lacks the letters it was expanded at."""
+    rank = len(i1.shape) + len(expand1)
+    terms = [
+        (b.cast(v, out.dtype), tuple(d for d in range(rank) if d not in expand))
+        for v, expand in ((i1, expand1), (i2, expand2), (i3, expand3))
+    ]
+    kept = tuple(d for d in range(rank) if d not in sumdim)
+    return b.reshape(contract_many(b, terms, kept), out.shape)
