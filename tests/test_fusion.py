@@ -164,6 +164,16 @@ def test_long_rows_loop_over_column_blocks(short_row_tile):
     assert "for c0 in range(" in rec.launches[0].source
 
 
+def test_float32_rows_up_to_twice_the_tile_are_one_pass(short_row_tile):
+    """float32 rows fit twice the columns of float64 ones in registers (codegen.row_tile_limit): a
+    softmax over them reads the row once, where float64 rows of the same length loop."""
+    x = make(2, short_row_tile + 200).float() * 4
+    one_pass = launches(softmax, x)
+    assert "for c0 in range(" not in one_pass.launches[0].source
+    assert one_pass.bytes_read == x.numel() * 4
+    assert "for c0 in range(" in launches(softmax, x.double()).launches[0].source
+
+
 @pytest.mark.parametrize(
     "fn",
     [

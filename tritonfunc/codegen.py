@@ -918,9 +918,20 @@ def _var_extents(kernel: Kernel) -> dict[str, int]:
     return out
 
 
+def row_tile_limit(kernel: Kernel) -> int:
+    """Columns a row kernel holds in registers in one pass.  Rows of float32 (or half) values up to
+    twice the scheduler's MAX_ROW_TILE fit: 32K columns at 16 warps is 64 values a thread, and ptxas
+    gives such softmax, cross-entropy and layer_norm kernels 128 registers with a few dozen bytes
+    spilled; one read and one write where a looping kernel reads the row three times (2.0x the
+    ideal bytes).  float64 rows take twice the registers (5.7 KB spilled at 32K): they loop beyond
+    MAX_ROW_TILE."""
+    wide = any(e.var.dtype == torch.float64 for e in kernel.entries)
+    return schedule.MAX_ROW_TILE if wide else 2 * schedule.MAX_ROW_TILE
+
+
 def _rows_body(em: _Emitter, kernel: Kernel, body: list[str], pid: str):
     d = kernel.domain
-    looping = d.cols > schedule.MAX_ROW_TILE
+    looping = d.cols > row_tile_limit(kernel)
     block_c = LOOP_BLOCK_C if looping else _pow2(d.cols)
     block_r = min(_pow2(d.size), max(1, ROW_TILE // block_c))
     grid = (math.ceil(d.size / block_r),)
