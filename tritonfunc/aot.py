@@ -67,7 +67,8 @@ def _compile_here(path: str, name: str, signature: dict, num_warps: int = 4, num
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     meta = compiled.metadata
     registers, spills = _register_usage(compiled.asm.get("ptx"), compiled.metadata.name)
-    return {"registers": registers, "spills": spills, "shared": getattr(meta, "shared", None), "num_warps": meta.num_warps}
+    shared = getattr(meta, "shared", None)
+    return {"registers": registers, "spills": spills, "shared": shared, "num_warps": meta.num_warps}
 
 
 def _register_usage(ptx: str | None, name: str) -> tuple[int | None, int | None]:
