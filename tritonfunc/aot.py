@@ -38,10 +38,13 @@ def _start() -> subprocess.Popen:
 
 
 @functools.cache
-def compile_sm90(path: str, name: str, signature: tuple, num_warps: int = 4, num_stages: int = 3) -> dict:
-    """Compiles kernel `name` from the source file `path`; returns its metadata or raises."""
+def compile_sm90(
+    path: str, name: str, signature: tuple, num_warps: int = 4, num_stages: int = 3, usage: bool = False
+) -> dict:
+    """Compiles kernel `name` from the source file `path`; returns its metadata or raises.  With
+    `usage`, also its registers per thread and bytes spilled (ptxas -v: a fraction of a second more)."""
     request = {"path": path, "name": name, "signature": dict(signature), "num_warps": num_warps}
-    request["num_stages"] = num_stages
+    request.update(num_stages=num_stages, usage=usage)
     with _lock:
         worker = _start()
         worker.stdin.write(json.dumps(request) + "\n")
@@ -54,7 +57,9 @@ def compile_sm90(path: str, name: str, signature: tuple, num_warps: int = 4, num
     return reply
 
 
-def _compile_here(path: str, name: str, signature: dict, num_warps: int = 4, num_stages: int = 3) -> dict:
+def _compile_here(
+    path: str, name: str, signature: dict, num_warps: int = 4, num_stages: int = 3, usage: bool = False
+) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -66,7 +71,7 @@ def _compile_here(path: str, name: str, signature: dict, num_warps: int = 4, num
     options = {"num_warps": num_warps, "num_stages": num_stages}
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     meta = compiled.metadata
-    registers, spills = _register_usage(compiled.asm.get("ptx"), compiled.metadata.name)
+    registers, spills = _register_usage(compiled.asm.get("ptx"), meta.name) if usage else (None, None)
     shared = getattr(meta, "shared", None)
     return {"registers": registers, "spills": spills, "shared": shared, "num_warps": meta.num_warps}
 
@@ -111,6 +116,7 @@ def _serve():
                 request["signature"],
                 request.get("num_warps", 4),
                 request.get("num_stages", 3),
+                request.get("usage", False),
             )
         except Exception as e:  # the error text goes back to the test that generated the kernel
             reply = {"error": f"{type(e).__name__}: {e}"}

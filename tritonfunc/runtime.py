@@ -268,11 +268,13 @@ def load_kernel(ks: KernelSource, interpret: bool):
     return fn
 
 
-def compile_for_sm90(ks: KernelSource) -> dict:
-    """Compiles a generated kernel for the H100 (sm_90) on this machine; raises on any error."""
+def compile_for_sm90(ks: KernelSource, usage: bool = False) -> dict:
+    """Compiles a generated kernel for the H100 (sm_90) on this machine; raises on any error.  With
+    `usage`, the result also holds its registers per thread and bytes spilled."""
     from .aot import compile_sm90
 
-    return compile_sm90(str(_source_file(ks)), ks.name, tuple(ks.signature.items()), ks.num_warps, ks.num_stages)
+    signature = tuple(ks.signature.items())
+    return compile_sm90(str(_source_file(ks)), ks.name, signature, ks.num_warps, ks.num_stages, usage)
 
 
 def _lgamma(x: float) -> float:
