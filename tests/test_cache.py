@@ -230,6 +230,27 @@ def test_a_host_read_of_a_captured_value_is_never_replayed(backend):
     assert tritonfunc.cache_info()["unguardable"] == 2
 
 
+def _vjp_of_captured(op, a, b):
+    """A function of the cotangent alone: the vjp of a graph torch's autograd recorded outside it."""
+    out = op(a, b)
+
+    def vjp(v):
+        return torch.autograd.grad(out, (a, b), v, retain_graph=True)
+
+    return vjp
+
+
+def test_autograd_over_captured_graphs_is_never_replayed(backend):
+    """vmap of torch.autograd.grad over a captured graph: the same code closing over x + y, then x * y.
+    No guard sees the autograd graph, so each call traces anew (a replay would be add's vjp)."""
+    x, y, v = make(2, 3).requires_grad_(), make(2, 3, seed=1).requires_grad_(), make(4, 2, 3, seed=2)
+    for op in (torch.add, torch.mul, torch.div):
+        vjp = _vjp_of_captured(op, x, y)
+        assert_same(tritonfunc.vmap(vjp)(v), torch.func.vmap(vjp)(v))
+    assert tritonfunc.cache_info()["unguardable"] == 3
+    assert "runs torch's autograd over tensors it captured" in tritonfunc.explain(tritonfunc.vmap(vjp))(v)
+
+
 def test_random_draws_are_fresh_at_every_replay(interpreter):
     f = tritonfunc.jit(lambda x: x + torch.rand(4))
     x = torch.zeros(4)

@@ -43,6 +43,8 @@ from .trace import Traced, Tracer, replay_view, trace, trace_stack
 MAX_ENTRIES = 256  # cached calls kept, least recently used dropped first
 VARIANTS = 8  # traced variants kept per key (a guard that fails adds one)
 
+AUTOGRAD_READ = "it runs torch's autograd over tensors it captured (torch.autograd.grad, .backward())"
+
 # Argument leaves hashed by value in the key (anything else is guarded as a root).
 KEY_SCALARS = (bool, int, float, str, type(None), torch.dtype, torch.device)
 
@@ -306,6 +308,8 @@ def _build(impl, args, kwargs, device, roots, trace_kwargs) -> Entry:
     try:
         if traced.host_read:
             raise G.Unguardable("it reads a value computed from captured tensors on the host (.item(), bool())")
+        if traced.autograd_read:
+            raise G.Unguardable(AUTOGRAD_READ)
         guards = G.discover(roots, tensor_consts, set(traced.made))
         reason = None
     except G.Unguardable as e:
@@ -377,6 +381,8 @@ def report(fn, args: tuple, kwargs: dict, traced: Traced) -> list[str]:
         return ["the trace cache is off (TRITONFUNC_CACHE=0 or set_cache(enabled=False)): traced at every call"]
     if traced.host_read:
         return ["traced at every call: it reads a value computed from captured tensors on the host (.item(), bool())"]
+    if traced.autograd_read:
+        return [f"traced at every call: {AUTOGRAD_READ}"]
     try:
         guards = G.discover(_roots(fn, leaves), tensor_consts, set(traced.made))
     except G.Unguardable as e:

@@ -35,6 +35,7 @@ import torch._refs  # noqa: F401
 import torch._refs.nn.functional  # noqa: F401
 import torch.nn.functional as F
 from torch._decomp import decomposition_table
+from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 from torch.utils._mode_utils import no_dispatch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -817,6 +818,21 @@ def _refuse_data_dependence(control_flow: bool):
 _DATA_DEPENDENT = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.equal.default, aten.nonzero.default}
 
 
+_AUTOGRAD_ENTRIES = {torch.autograd.grad, torch.autograd.backward, torch.Tensor.backward}
+
+
+class _AutogradWatch(TorchFunctionMode):
+    """Active while a function is traced: notes that it runs torch's autograd engine itself
+    (torch.autograd.grad, .backward()), typically over a graph of captured tensors.  What the trace
+    records then depends on that graph, which no guard sees (an identity backward records nothing
+    at all), so such a trace is never replayed."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _AUTOGRAD_ENTRIES:
+            _local.autograd_read = True
+        return func(*args, **(kwargs or {}))
+
+
 class _TracingMode(TorchDispatchMode):
     """Active while a function is traced: catches the operators that take no tracer (factories,
     seeded random draws, in-place ops on captured tensors), which would otherwise never reach one."""
@@ -993,6 +1009,9 @@ class Traced:
     # output tensor index -> (input position, view chain): outputs that are views of an input, as
     # torch returns them (`vmap(f)(x)` returning x's own rows, `x.t()`)
     returns_view: dict = field(default_factory=dict)
+    # torch's autograd engine ran inside the function (torch.autograd.grad over captured tensors'
+    # graph): what it traced depends on an autograd graph that no guard sees.
+    autograd_read: bool = False
 
     @property
     def num_outputs(self) -> int:
@@ -1014,7 +1033,7 @@ def trace(
         device = tensors[0].device if tensors else torch.device("cpu")
     stack = trace_stack()
     if not stack:
-        _local.made, _local.host_read = {}, False
+        _local.made, _local.host_read, _local.autograd_read = {}, False, False
     b = TraceBuilder((stack[-1].level + 1) if stack else 0, torch.device(device), api=api)
     wrapped, inputs = [], []
     for x in leaves:
@@ -1032,7 +1051,12 @@ def trace(
     stack.append(b)
     try:
         # A no_grad (or disabled forward AD) around the transform does not reach inside it.
-        with torch.enable_grad(), torch.autograd.forward_ad._set_fwd_grad_enabled(True), _TracingMode():
+        with (
+            torch.enable_grad(),
+            torch.autograd.forward_ad._set_fwd_grad_enabled(True),
+            _TracingMode(),
+            _AutogradWatch(),
+        ):
             out = fn(*targs, **tkwargs)
     finally:
         stack.pop()
@@ -1068,6 +1092,7 @@ def trace(
             fallback.warn_not_fused(n.prim.name)
     made = frozenset(_made()) if not stack else frozenset()
     host_read = getattr(_local, "host_read", False) if not stack else False
+    autograd_read = getattr(_local, "autograd_read", False) if not stack else False
     if not stack:
         _local.made = {}  # hold no tensor past the trace
-    return Traced(graph, out_spec, statics, writes, returns_input, made, host_read, returns_view)
+    return Traced(graph, out_spec, statics, writes, returns_input, made, host_read, returns_view, autograd_read)
