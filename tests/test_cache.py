@@ -135,6 +135,25 @@ def test_a_captured_name_rebound_to_a_like_tensor_is_replayed_with_it(backend):
     assert counts() == (1, 2, 0)
 
 
+def _scaled_by_length_of(h):
+    return lambda x: x * h.shape[0]
+
+
+def test_a_captured_tensor_read_only_for_its_shape_is_guarded(backend):
+    """The trace bakes h.shape[0] in: a closure over a longer h, or h rebound, must trace anew."""
+    x = make(3)
+    assert_same(tritonfunc.jit(_scaled_by_length_of(torch.zeros(2)))(x), x * 2)
+    assert_same(tritonfunc.jit(_scaled_by_length_of(torch.zeros(5)))(x), x * 5)
+    h = torch.zeros(2)
+    f = tritonfunc.jit(lambda x: x * h.shape[0])
+    assert_same(f(x), x * 2)
+    h = torch.zeros(7)
+    assert_same(f(x), x * 7)
+    h = torch.ones(7)  # the same metadata: replayed
+    assert_same(f(x), x * 7)
+    assert counts() == (1, 2, 2)
+
+
 def test_a_captured_python_scalar_is_compared_at_every_call(backend):
     scale = 2.0
     f = tritonfunc.grad(lambda x: (x * scale).sin().sum())
