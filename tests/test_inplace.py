@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.func
 import torch.nn.functional as F
-from autodiff_helpers import assert_same
+from autodiff_helpers import assert_same, make
 from vmap_helpers import assert_same_error
 
 import tritonfunc
@@ -143,6 +143,44 @@ def test_vmap_returns_the_written_input_itself(backend):
     out = tritonfunc.vmap(lambda a: a.mul_(2), in_dims=1, out_dims=1)(x)
     assert out.data_ptr() == x.data_ptr()
     assert_same(out, x)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        pytest.param(lambda m: m.vmap(m.vmap(torch.Tensor.cos_, in_dims=2), in_dims=2, out_dims=2), id="inplace"),
+        pytest.param(lambda m: m.vmap(m.vmap(lambda a: a.mT, in_dims=1), in_dims=2, out_dims=1), id="view"),
+        pytest.param(lambda m: m.vmap(m.vmap(lambda a: a[1:].unsqueeze(0)), in_dims=1), id="slice"),
+    ],
+)
+def test_nested_vmap_returns_a_view_of_the_input(backend, build):
+    """A view (or the written argument) returned from inside nested vmaps with moved batch dims is
+    a view of the caller's tensor, as in torch.func: a later write to the input shows through it."""
+    results = []
+    for m in (tritonfunc, torch.func):
+        x = make(2, 5, 4, 3, 6, seed=3)
+        out = build(m)(x)
+        assert out._base is x
+        x.mul_(-2)
+        results.append((out.clone(), out.stride(), x))
+    assert_same(results[0], results[1])
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        pytest.param(lambda a: a.t().reshape(-1), id="t_reshape"),
+        pytest.param(lambda a: a.permute(1, 0).flatten(), id="permute_flatten"),
+        pytest.param(lambda a: a[:, ::2].reshape(-1), id="strided_reshape"),
+    ],
+)
+def test_a_reshape_that_must_copy_is_returned_as_a_copy(backend, fn):
+    """The trace sees reshape of a transposed tensor as a view (tracers have no strides); the real
+    tensor's strides allow none, so torch copies, and so does tritonfunc (it used to crash)."""
+    x = make(3, 4)
+    assert_same(tritonfunc.jit(fn)(x), fn(x))
+    assert_same(tritonfunc.vmap(fn)(make(2, 3, 4)), torch.func.vmap(fn)(make(2, 3, 4)))
+    assert_same(tritonfunc.vmap(fn, in_dims=1)(make(3, 2, 4)), torch.func.vmap(fn, in_dims=1)(make(3, 2, 4)))
 
 
 def test_captured_tensor_written_under_vmap_and_jit(backend):

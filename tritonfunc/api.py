@@ -676,6 +676,10 @@ def _vmap_once(func, size, flat_in_dims, flat_args, args_spec, out_dims, randomn
     _write_back(t, inputs, values[n_fn:], replay)
     values = _alias_inputs(t, values[:n_fn], inputs)
     out_batched = [batched[t.returns_input[k]] if k in t.returns_input else b for k, b in enumerate(out_batched)]
+    for k, (position, chain) in t.returns_view.items():  # a view of an input is returned as one, as torch.func
+        view = fallback.replay_view_batched(inputs[position], chain, batched[position])
+        if view is not None:
+            values[k], out_batched[k] = view, batched[position]
     results = iter(zip(values, out_batched))
     flat_out = []
     for static, out_dim in zip(statics, _flat_out_dims(out_dims, out_spec, func)):

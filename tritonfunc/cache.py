@@ -424,7 +424,10 @@ def _run(entry: Entry, tensors: list, values: list | None, device: torch.device,
         _write_back(traced, tensors, results[n:], targets=targets)
     outs = _alias_inputs(traced, results[:n], tensors)
     for k, (position, chain) in traced.returns_view.items():
-        outs[k] = replay_view(tensors[position], chain)
+        try:
+            outs[k] = replay_view(tensors[position], chain)
+        except RuntimeError:  # a reshape the trace saw as a view, which these strides do not allow: a copy
+            pass
     outs = iter(outs)
     return pytree.tree_unflatten([next(outs) if s is TENSOR else s for s in traced.statics], traced.out_spec)
 

@@ -378,3 +378,18 @@ def replay_batched(op, tensor: torch.Tensor, in_dim: int | None, args, kwargs) -
         op(tensor, *args, **kwargs)
     else:
         torch_vmap(lambda x: op(x, *args, **kwargs), in_dims=in_dim)(tensor)
+
+
+def replay_view_batched(tensor: torch.Tensor, chain: tuple, batched: bool) -> torch.Tensor | None:
+    """The view ops a vmapped function applied to its argument (a per-example chain of
+    trace.ViewStep), applied to the batched argument (batch first) the way torch.func's vmap does:
+    the result is a view of it.  None where the real tensor's strides allow no such view (a
+    reshape the trace saw as a view): torch's reshape copies there, like the computed result."""
+    from .trace import replay_view
+
+    try:
+        if not batched:
+            return replay_view(tensor, chain)
+        return torch_vmap(lambda x: replay_view(x, chain))(tensor)
+    except RuntimeError:
+        return None
