@@ -128,6 +128,20 @@ CASES = [
         lambda m: m.grad(lambda a: torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64).add_(a).sum())(_x()[0]),
     ),
     ("factory_made_inside_vmap", lambda m: m.vmap(lambda a: torch.zeros(3, dtype=torch.float64).add_(1) * a)(_x())),
+    # a tensor computed from a captured one, then written in place: applied once, under nested traces too
+    (
+        "zeros_like_captured_vmap",
+        lambda m: m.vmap(lambda a: torch.zeros_like(_CAPTURED[0]).add_(_CAPTURED[0]) * a)(_x()),
+    ),
+    ("clone_captured_vmap", lambda m: m.vmap(lambda a: _CAPTURED[1].clone().sub_(_CAPTURED[0]) * a)(_x())),
+    (
+        "ones_like_captured_grad",
+        lambda m: m.grad(lambda a: (torch.ones_like(_CAPTURED).sub_(_CAPTURED) * a).sum())(_x()),
+    ),
+    (
+        "clone_captured_vmap_jacrev",
+        lambda m: m.vmap(m.jacrev(lambda a: _CAPTURED[1].clone().mul_(_CAPTURED[0]).add_(1) * a.sin()))(_x()),
+    ),
 ]
 
 

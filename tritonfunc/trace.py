@@ -835,10 +835,20 @@ class _AutogradWatch(TorchFunctionMode):
 
 class _TracingMode(TorchDispatchMode):
     """Active while a function is traced: catches the operators that take no tracer (factories,
-    seeded random draws, in-place ops on captured tensors), which would otherwise never reach one."""
+    seeded random draws, in-place ops on captured tensors), which would otherwise never reach one.
+
+    Nested traces stack one mode each; the innermost trace's mode does the work, and an op it runs
+    passes through the modes of the traces around it untouched (handled twice, an in-place op on a
+    tensor computed from captured ones would be applied twice to its shadow)."""
+
+    def __init__(self, builder: TraceBuilder):
+        super().__init__()
+        self.builder = builder
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if trace_stack()[-1] is not self.builder:  # an inner trace's mode has handled this op
+            return func(*args, **kwargs)
         # An op with a lowering of its own is lowered as usual, though tagged random (the fused
         # attention ops are, for their dropout).
         random = torch.Tag.nondeterministic_seeded in func.tags and lowering_for(func) is None
@@ -1054,7 +1064,7 @@ def trace(
         with (
             torch.enable_grad(),
             torch.autograd.forward_ad._set_fwd_grad_enabled(True),
-            _TracingMode(),
+            _TracingMode(b),
             _AutogradWatch(),
         ):
             out = fn(*targs, **tkwargs)
