@@ -38,7 +38,7 @@ from torch._decomp import decomposition_table
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 from torch.utils._mode_utils import no_dispatch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from . import fallback
 from . import primitives as P
@@ -152,52 +152,102 @@ class Tracer(torch.Tensor):
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is torch.Tensor.__bool__:  # `if tensor:` -- Python control flow on a traced value
-            _refuse_data_dependence(control_flow=True)
-        if func is torch.Tensor.new_tensor:  # data from Python: a constant, like torch.tensor(data)
-            return torch.tensor(args[1], dtype=kwargs.get("dtype") or args[0].dtype, device=args[0].device)
-        if func in _DROPOUTS:  # its noise is a fresh draw, not an in-place fill (vmap's randomness rules)
-            with dropout_scope():
-                return _call(func, args, kwargs)
-        if func in _RRELUS and any(t.api == "vmap" for t in trace_stack()):  # even in eval mode
-            raise RuntimeError("vmap: we do not yet support aten::rrelu. Please file an issue")
-        # x[t] with a 0-d integer tensor t: torch would read t on the host (.item()); index with
-        # t as a one-element tensor instead (a gather) and drop that axis.
-        if func is torch.Tensor.__getitem__ and len(args) == 2:
-            x, key = args
-            keys = key if isinstance(key, tuple) else (key,)
-            zero_d = [
-                i
-                for i, k in enumerate(keys)
-                if isinstance(k, torch.Tensor)
-                and k.dim() == 0
-                and not k.dtype.is_floating_point
-                and k.dtype != torch.bool
-            ]
-            tensors = [i for i, k in enumerate(keys) if isinstance(k, torch.Tensor)]
-            adjacent = tensors == list(range(tensors[0], tensors[-1] + 1)) if tensors else False
-            if (
-                zero_d
-                and zero_d == tensors
-                and adjacent
-                and all(isinstance(k, (int, slice, torch.Tensor)) for k in keys)
-            ):
-                new = tuple(k.reshape(1) if j in zero_d else k for j, k in enumerate(keys))
-                picked = x[new if len(new) > 1 else new[0]]
-                # the index tensors leave one axis where the first was, after the sliced axes before it
-                return picked.squeeze(sum(1 for k in keys[: zero_d[0]] if isinstance(k, slice)))
-        # torch.matmul with a 1-D operand squeezes its result in place (squeeze_), which a tracer
-        # cannot do to its own shape: give it 2-D operands and reshape the result instead.
-        if func in _MATMULS and not kwargs and len(args) == 2:
-            a, c = args
-            if isinstance(a, torch.Tensor) and isinstance(c, torch.Tensor) and 1 in (a.dim(), c.dim()):
-                out = torch.matmul(a.unsqueeze(0) if a.dim() == 1 else a, c.unsqueeze(-1) if c.dim() == 1 else c)
-                if a.dim() == 1:
-                    out = out.squeeze(-2)
-                if c.dim() == 1:
-                    out = out.squeeze(-1)
-                return out
-        return _call(func, args, kwargs)
+        try:
+            return _torch_function(func, args, kwargs)
+        except Exception as e:
+            if getattr(e, _ASK_TORCH, False):  # a call torch refuses too: torch's own error for it
+                theirs = _torch_error(func, args, kwargs)
+                if theirs is not None:
+                    raise theirs from None
+            raise
+
+
+def _torch_function(func, args, kwargs):
+    """Tracer.__torch_function__: a few calls handled at the level the user wrote them."""
+    if func is torch.Tensor.__bool__:  # `if tensor:` -- Python control flow on a traced value
+        _refuse_data_dependence(control_flow=True)
+    if func is torch.Tensor.new_tensor:  # data from Python: a constant, like torch.tensor(data)
+        return torch.tensor(args[1], dtype=kwargs.get("dtype") or args[0].dtype, device=args[0].device)
+    if func in _DROPOUTS:  # its noise is a fresh draw, not an in-place fill (vmap's randomness rules)
+        with dropout_scope():
+            return _call(func, args, kwargs)
+    if func in _RRELUS and any(t.api == "vmap" for t in trace_stack()):  # even in eval mode
+        raise RuntimeError("vmap: we do not yet support aten::rrelu. Please file an issue")
+    # x[t] with a 0-d integer tensor t: torch would read t on the host (.item()); index with
+    # t as a one-element tensor instead (a gather) and drop that axis.
+    if func is torch.Tensor.__getitem__ and len(args) == 2:
+        x, key = args
+        keys = key if isinstance(key, tuple) else (key,)
+        zero_d = [
+            i
+            for i, k in enumerate(keys)
+            if isinstance(k, torch.Tensor) and k.dim() == 0 and not k.dtype.is_floating_point and k.dtype != torch.bool
+        ]
+        tensors = [i for i, k in enumerate(keys) if isinstance(k, torch.Tensor)]
+        adjacent = tensors == list(range(tensors[0], tensors[-1] + 1)) if tensors else False
+        if zero_d and zero_d == tensors and adjacent and all(isinstance(k, (int, slice, torch.Tensor)) for k in keys):
+            new = tuple(k.reshape(1) if j in zero_d else k for j, k in enumerate(keys))
+            picked = x[new if len(new) > 1 else new[0]]
+            # the index tensors leave one axis where the first was, after the sliced axes before it
+            return picked.squeeze(sum(1 for k in keys[: zero_d[0]] if isinstance(k, slice)))
+    # torch.matmul with a 1-D operand squeezes its result in place (squeeze_), which a tracer
+    # cannot do to its own shape: give it 2-D operands and reshape the result instead.
+    if func in _MATMULS and not kwargs and len(args) == 2:
+        a, c = args
+        if isinstance(a, torch.Tensor) and isinstance(c, torch.Tensor) and 1 in (a.dim(), c.dim()):
+            out = torch.matmul(a.unsqueeze(0) if a.dim() == 1 else a, c.unsqueeze(-1) if c.dim() == 1 else c)
+            if a.dim() == 1:
+                out = out.squeeze(-2)
+            if c.dim() == 1:
+                out = out.squeeze(-1)
+            return out
+    return _call(func, args, kwargs)
+
+
+# Set on an error tritonfunc raises for a call torch itself may refuse (a shape check, an operator
+# whose output shape depends on values, out=): Tracer.__torch_function__ asks torch for its own
+# error for the user's call and raises that (torch.func's words under vmap) when there is one.
+_ASK_TORCH = "_tritonfunc_ask_torch"
+ASK_TORCH_ELEMENTS = 1 << 22  # stand-in elements made to ask, at most (beyond: tritonfunc's own error)
+
+
+def _askable(e: BaseException) -> BaseException:
+    setattr(e, _ASK_TORCH, True)
+    return e
+
+
+def _torch_error(func, args, kwargs) -> BaseException | None:
+    """What torch raises for func(*args, **kwargs) with each tracer replaced by a stand-in of its
+    shape and dtype (mapped over a batch of 2 by torch.func's vmap when a vmap is being traced), or
+    None if it raises nothing."""
+    leaves, spec = pytree.tree_flatten((args, kwargs))
+    traced = [i for i, x in enumerate(leaves) if isinstance(x, Tracer)]
+    vmapped = any(t.api == "vmap" for t in trace_stack())
+    batch = (2,) if vmapped else ()
+    if sum(leaves[i].numel() for i in traced) > ASK_TORCH_ELEMENTS:
+        return None
+
+    def stand_in(t: Tracer) -> torch.Tensor:
+        shape = batch + tuple(t.shape)
+        return torch.ones(shape, dtype=t.dtype) if t.dtype.is_floating_point else torch.zeros(shape, dtype=t.dtype)
+
+    def run(*values):
+        filled = list(leaves)
+        for i, v in zip(traced, values):
+            filled[i] = v
+        a, k = pytree.tree_unflatten(filled, spec)
+        return func(*a, **k)
+
+    try:
+        with _disable_current_modes(), torch._C.DisableTorchFunctionSubclass(), torch.random.fork_rng(devices=[]):
+            values = [stand_in(leaves[i]) for i in traced]
+            if vmapped:
+                fallback.torch_vmap(run)(*values)
+            else:
+                run(*values)
+    except Exception as e:  # noqa: BLE001  (whatever torch raises is the answer)
+        return e
+    return None
 
 
 def _call(func, args, kwargs):
@@ -280,11 +330,16 @@ def _as_tracers(b: TraceBuilder, tree):
 def _dispatch(func, args, kwargs):
     b = _innermost_builder(args, kwargs)
     if func in _DATA_DEPENDENT:
-        _refuse_data_dependence(control_flow=func is not aten._local_scalar_dense.default)
+        try:
+            _refuse_data_dependence(control_flow=func is not aten._local_scalar_dense.default)
+        except RuntimeError as e:
+            if func is aten.nonzero.default:  # torch.func's vmap words it as a dynamic shape
+                _askable(e)
+            raise
     if _writes_self(func):
         return _inplace(b, func, args, kwargs)
     if _out_variant(func):
-        raise NotImplementedError(f"tritonfunc: {func} writes into its out= argument, which is not supported")
+        raise _askable(NotImplementedError(f"tritonfunc: {func} writes into its out= argument, which is not supported"))
     lowering = lowering_for(func)
     decomposing = _decomposing()
     decomp = None
@@ -313,10 +368,15 @@ def _dispatch(func, args, kwargs):
     try:
         out_meta = func(*pytree.tree_map(_to_meta, args), **meta_kwargs)
     except NotImplementedError as e:  # e.g. boolean-mask indexing: its shape depends on the values
-        raise NotImplementedError(
-            f"tritonfunc: operator {func} is not supported: its output shape depends on tensor values, which a "
-            f"traced graph cannot represent ({e})"
+        raise _askable(
+            NotImplementedError(
+                f"tritonfunc: operator {func} is not supported: its output shape depends on tensor values, which "
+                f"a traced graph cannot represent ({e})"
+            )
         ) from e
+    except (RuntimeError, IndexError, ValueError, TypeError) as e:  # a shape check failed
+        _askable(e)
+        raise
     for t in pytree.tree_leaves(out_meta):
         if isinstance(t, torch.Tensor):
             _check_real_dtype(t, f"the result of {func}")
