@@ -24,6 +24,7 @@ Traces nest (a transform called inside another traces inside it) and are per thr
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -327,7 +328,40 @@ def _as_tracers(b: TraceBuilder, tree):
     return pytree.tree_map(lambda v: Tracer(b, v) if isinstance(v, Var) else v, tree)
 
 
+_FUNCTION_APPLY = torch.autograd.Function.apply.__func__.__code__
+
+
+def _refuse_custom_function() -> None:
+    """An op run inside the forward of a custom torch.autograd.Function (torch runs it with grad
+    mode off) called by the traced function: torch.func applies the Function's own backward, jvp
+    and vmap rules, which a trace of its forward would silently replace (a straight-through
+    estimator would get round's zero gradient).  Refused, with torch.func's error where it has one."""
+    if torch.is_grad_enabled():
+        return
+    frame, found, inside = sys._getframe(1), None, None
+    while frame is not None:  # an apply between this op and the outermost trace
+        if frame.f_code is _FUNCTION_APPLY and found is None:
+            found = frame.f_locals.get("cls")
+        elif frame.f_code is _TRACE:
+            inside = inside or found
+        frame = frame.f_back
+    if inside is None:
+        return
+    transformed = any(t.api in ("vmap", *GRAD_APIS) for t in trace_stack())
+    if transformed and not torch.autograd.function._is_setup_context_defined(inside.setup_context):
+        raise RuntimeError(
+            "In order to use an autograd.Function with functorch transforms (vmap, grad, jvp, jacrev, ...), it must "
+            "override the setup_context staticmethod. For more details, please see "
+            "https://pytorch.org/docs/main/notes/extending.func.html"
+        )
+    raise NotImplementedError(
+        f"tritonfunc: the autograd.Function {inside.__name__} is not supported inside a tritonfunc transform: "
+        "tritonfunc would trace its forward and ignore its backward, jvp and vmap rules"
+    )
+
+
 def _dispatch(func, args, kwargs):
+    _refuse_custom_function()
     b = _innermost_builder(args, kwargs)
     if func in _DATA_DEPENDENT:
         try:
@@ -890,7 +924,21 @@ class _AutogradWatch(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in _AUTOGRAD_ENTRIES:
             _local.autograd_read = True
+        elif func is torch.Tensor.requires_grad_ and any(t.api in ("vmap", *GRAD_APIS) for t in trace_stack()):
+            what = "requires_grad_() (or perhaps using torch.autograd.functional.* APIs)"
+            raise RuntimeError(_REFUSED.format(what, "requires_grad_()"))
+        elif func is torch.Tensor.retain_grad and any(t.api in ("grad", "vjp") for t in trace_stack()):
+            raise RuntimeError(_REFUSED.format("retain_grad()", "retain_grad()"))
         return func(*args, **(kwargs or {}))
+
+
+# torch.func's words for autograd's own API used inside a transform (under vmap or a gradient
+# transform for requires_grad_, under grad and vjp for retain_grad).
+_REFUSED = (
+    "You are attempting to call Tensor.{0} inside of a function being transformed by a functorch transform. This is "
+    "unsupported, please attempt to use the functorch transforms (e.g. grad, vjp, jacrev, jacfwd, hessian) or call "
+    "{1} outside of a function being transformed instead."
+)
 
 
 class _TracingMode(TorchDispatchMode):
@@ -909,6 +957,7 @@ class _TracingMode(TorchDispatchMode):
         kwargs = kwargs or {}
         if trace_stack()[-1] is not self.builder:  # an inner trace's mode has handled this op
             return func(*args, **kwargs)
+        _refuse_custom_function()
         # An op with a lowering of its own is lowered as usual, though tagged random (the fused
         # attention ops are, for their dropout).
         random = torch.Tag.nondeterministic_seeded in func.tags and lowering_for(func) is None
@@ -1166,3 +1215,6 @@ def trace(
     if not stack:
         _local.made = {}  # hold no tensor past the trace
     return Traced(graph, out_spec, statics, writes, returns_input, made, host_read, returns_view, autograd_read)
+
+
+_TRACE = trace.__code__
