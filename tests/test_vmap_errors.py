@@ -226,6 +226,7 @@ def test_random_op_in_error_mode(f):
         pytest.param(lambda t: torch.squeeze(t, dim=1), make(B), id="squeeze_dim"),
         pytest.param(lambda t: torch.abs(t, out=torch.empty(3, dtype=t.dtype)), make(B, 3), id="out_variant"),
         pytest.param(lambda t: t + torch.ones(5, dtype=t.dtype), make(B, 4), id="broadcast"),
+        pytest.param(lambda t: torch.equal(t, t), make(B, 4), id="equal"),
     ],
 )
 def test_a_call_torch_refuses_raises_torch_funcs_error(f, x):

@@ -191,6 +191,14 @@ def _torch_function(func, args, kwargs):
             picked = x[new if len(new) > 1 else new[0]]
             # the index tensors leave one axis where the first was, after the sliced axes before it
             return picked.squeeze(sum(1 for k in keys[: zero_d[0]] if isinstance(k, slice)))
+    # x[mask] = value with a boolean mask over x's leading dims (a 0-d one included) and a value
+    # that does not depend on how many elements the mask selects: a masked fill, with no
+    # data-dependent shape.
+    if func is torch.Tensor.__setitem__ and len(args) == 3 and _is_mask_fill(*args):
+        x, mask, value = args
+        mask = mask.reshape(tuple(mask.shape) + (1,) * (x.dim() - mask.dim()))
+        x.copy_(torch.where(mask, value, x))
+        return None
     # torch.matmul with a 1-D operand squeezes its result in place (squeeze_), which a tracer
     # cannot do to its own shape: give it 2-D operands and reshape the result instead.
     if func in _MATMULS and not kwargs and len(args) == 2:
@@ -203,6 +211,21 @@ def _torch_function(func, args, kwargs):
                 out = out.squeeze(-1)
             return out
     return _call(func, args, kwargs)
+
+
+def _is_mask_fill(x, key, value) -> bool:
+    if not (isinstance(x, torch.Tensor) and isinstance(key, torch.Tensor) and key.dtype == torch.bool):
+        return False
+    if tuple(key.shape) != tuple(x.shape[: key.dim()]):
+        return False
+    if isinstance(value, (bool, int, float)):
+        return True
+    rest = tuple(x.shape[key.dim() :])  # the value must broadcast to one selected element's shape
+    return isinstance(value, torch.Tensor) and value.dim() <= len(rest) and _broadcasts(tuple(value.shape), rest)
+
+
+def _broadcasts(shape: tuple, to: tuple) -> bool:
+    return all(a in (1, b) for a, b in zip(reversed(shape), reversed(to)))
 
 
 # Set on an error tritonfunc raises for a call torch itself may refuse (a shape check, an operator
@@ -367,7 +390,7 @@ def _dispatch(func, args, kwargs):
         try:
             _refuse_data_dependence(control_flow=func is not aten._local_scalar_dense.default)
         except RuntimeError as e:
-            if func is aten.nonzero.default:  # torch.func's vmap words it as a dynamic shape
+            if func in (aten.nonzero.default, aten.equal.default):  # torch.func's vmap has its own words
                 _askable(e)
             raise
     if _writes_self(func):
