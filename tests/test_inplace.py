@@ -197,6 +197,30 @@ def test_a_reshape_that_must_copy_is_returned_as_a_copy(backend, fn):
     assert_same(tritonfunc.vmap(fn, in_dims=1)(make(3, 2, 4)), torch.func.vmap(fn, in_dims=1)(make(3, 2, 4)))
 
 
+MADE_INSIDE = [
+    ("jvp", lambda m: lambda a, b: m.jvp(lambda s: (a * 2).add_(s) * s, (b,), (b,))),
+    ("grad", lambda m: lambda a, b: m.grad(lambda s: a.clone().mul_(s).sin().sum())(b)),
+    ("vjp", lambda m: lambda a, b: m.vjp(lambda s: a.clone().mul_(s).sin(), b)[1](b)),
+    ("jacrev", lambda m: lambda a, b: m.jacrev(lambda s: a.clone().mul_(s).sin())(b)),
+    ("jacfwd", lambda m: lambda a, b: m.jacfwd(lambda s: a.clone().mul_(s).sin())(b)),
+]
+
+
+@pytest.mark.parametrize("build", [pytest.param(f, id=n) for n, f in MADE_INSIDE])
+def test_a_tensor_made_inside_a_gradient_transform_may_be_written(backend, build):
+    """a.clone() of a vmapped value, made inside grad/vjp/jvp, is the function's own tensor (not a
+    captured one): torch.func lets it be written in place, and tritonfunc computes the same."""
+    x, t = _x(), _y()
+    assert_same(tritonfunc.vmap(build(tritonfunc))(x, t), torch.func.vmap(build(torch.func))(x, t))
+
+
+def test_a_vmapped_value_captured_by_grad_may_not_be_written():
+    f = lambda m: m.vmap(lambda a, b: m.grad(lambda s: a.mul_(s).sum())(b))  # noqa: E731
+    for m in (torch.func, tritonfunc):
+        with pytest.raises(RuntimeError, match="would mutate a captured Tensor"):
+            f(m)(_x(), _y())
+
+
 def test_captured_tensor_written_under_vmap_and_jit(backend):
     """vmap (and jit) may write a captured tensor: the closure's tensor changes once per call."""
     for m in (tritonfunc, torch.func):

@@ -118,6 +118,14 @@ def _snapshot(traced: Traced, tensors: list[torch.Tensor]) -> list[torch.Tensor]
     return [t.clone() if i in written and not isinstance(t, Tracer) else t for i, t in enumerate(tensors)]
 
 
+def _snapshot_consts(traced: Traced, consts: list) -> list:
+    """The same for the constants: a tensor the function wrote that an enclosing trace made
+    (x.clone() of an enclosing transform's value, written inside vjp or linearize) is read by the
+    later run with the value it had before the write, as the forward read it."""
+    written = {id(w.target) for w in traced.writes if w.changed and isinstance(w.target, torch.Tensor)}
+    return [c.clone() if isinstance(c, torch.Tensor) and id(c) in written else c for c in consts]
+
+
 def _alias_inputs(traced: Traced, outs: list, tensors: list[torch.Tensor]) -> list:
     """`return x.add_(1)` returns x itself, as in torch."""
     outs = list(outs)
@@ -335,7 +343,7 @@ def _vjp(func: Callable, primals: tuple, has_aux: bool, compute_output: bool):
     else:
         device = _device_of(tensors)
         results = [torch.empty(v.shape, dtype=v.dtype, device=device) for v in graph.outputs]
-    saved = _snapshot(t, tensors)
+    saved, consts = _snapshot(t, tensors), _snapshot_consts(t, consts)
     _write_back(t, tensors, results[n_fn:])
     primals_out = pytree.tree_unflatten(results[:n_out], out_spec)
     if "backward" not in memo:
@@ -522,7 +530,7 @@ def linearize(func: Callable, *primals) -> tuple[Any, Callable]:
     graph, n = t.graph, len(t.graph.outputs)
     consts = _call_consts(const_values, flat_primals)
     results = run_graph(graph, flat_primals, consts)
-    saved = _snapshot(t, flat_primals)
+    saved, consts = _snapshot(t, flat_primals), _snapshot_consts(t, consts)
     _write_back(t, flat_primals, results[n_out:])
     output = pytree.tree_unflatten(results[:n_out], out_spec)
     if "tangents" not in memo:

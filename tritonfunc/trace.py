@@ -127,6 +127,8 @@ class Tracer(torch.Tensor):
         t._chain = tuple(chain)
         t._cache = (t._storage.version, var)
         t._lost = None  # (storage, version) for a view tritonfunc cannot follow
+        stack = trace_stack()
+        t._born = stack[-1].level if stack else -1  # the trace whose function made it (see _target)
         return t
 
     @property
@@ -303,8 +305,14 @@ _RRELUS = {F.rrelu, F.rrelu_, torch.rrelu, torch.rrelu_}
 
 
 def _innermost_builder(args, kwargs) -> TraceBuilder:
-    builders = [a._builder for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, Tracer)]
-    b = max(builders, key=lambda b: b.level)
+    tracers = [a for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, Tracer)]
+    b = max((t._builder for t in tracers), key=lambda b: b.level)
+    for deeper in reversed(trace_stack()):  # an enclosing trace's tensor a deeper trace wrote: that one's
+        if deeper.level <= b.level:
+            break
+        if any(id(t) in deeper.captured for t in tracers):
+            b = deeper
+            break
     if not any(b is s for s in trace_stack()):
         raise RuntimeError(
             "tritonfunc: a traced tensor escaped the function that created it "
@@ -622,8 +630,8 @@ def _target(b: TraceBuilder, func, x: torch.Tensor) -> Tracer:
     grad/vjp/jvp trace is torch.func's error."""
     t = _stand_in(b, x)
     origin = t._storage.origin
-    if isinstance(origin, Tracer):  # an enclosing trace's tensor
-        home = origin._builder.level
+    if isinstance(origin, Tracer):  # an enclosing trace's tensor, or one made by this trace's function
+        home = max(origin._builder.level, origin._born)  # from an op on enclosing tensors (x.clone())
     elif origin is None or isinstance(origin, int):  # this trace's own
         home = b.level
     else:  # from outside every trace
