@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-from . import cache, fallback, library, runtime
+from . import autograd, cache, fallback, library, runtime
 from .graph import Graph, Seed, bind_consts
 from .guards import RECIPE
 from .schedule import KernelStep
@@ -41,7 +41,10 @@ def run_graph(graph: Graph, args: list[torch.Tensor], consts: list | None = None
     if b is not None:
         return inline(b, graph, list(args) + consts)
     device = _device_of(_tensor_leaves((args, consts)))
-    return runtime.execute(graph, list(args) + bind_consts(consts, device), device)
+    inputs = list(args) + bind_consts(consts, device)
+    if autograd.needs_autograd(inputs):  # vjp's and linearize's runs, recorded as cache.call's are
+        return autograd.run(autograd.Call(graph), inputs)
+    return runtime.execute(graph, inputs, device)
 
 
 def _call_consts(const_values: list, tensors: list) -> list:
