@@ -214,3 +214,29 @@ def test_transforms_made_inside_a_compiled_function_say_what_to_do():
     compiled = torch.compile(lambda x: tritonfunc.grad(f)(x), fullgraph=True, backend="eager")
     with pytest.raises(Exception, match="create tritonfunc transforms outside the function torch.compile compiles"):
         compiled(make(4))
+
+
+# ---------------------------------------------------------------------------------------------
+# make_fx around tritonfunc: each call is recorded as one tritonfunc::call op, which runs again.
+
+
+def _vjp_fn():
+    _, vjp_fn = tritonfunc.vjp(lambda a: a.exp().sum(), make(4, seed=2))
+    return lambda ct: vjp_fn(ct)
+
+
+@pytest.mark.parametrize(
+    "build, shape",
+    [
+        pytest.param(lambda: tritonfunc.vmap(torch.sin), (4, 3), id="vmap"),
+        pytest.param(lambda: tritonfunc.jacrev(tritonfunc.jacrev(lambda a: (a.sin() * a).sum())), (4,), id="jacrev2"),
+        pytest.param(_vjp_fn, (), id="vjp_fn"),
+    ],
+)
+def test_make_fx_records_a_replayable_call(backend, build, shape):
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    f = build()
+    graph = make_fx(f)(make(*shape))
+    assert any("tritonfunc.call" in str(n.target) for n in graph.graph.nodes)
+    assert_same(graph(make(*shape, seed=1)), f(make(*shape, seed=1)))

@@ -42,6 +42,8 @@ def run_graph(graph: Graph, args: list[torch.Tensor], consts: list | None = None
         return inline(b, graph, list(args) + consts)
     device = _device_of(_tensor_leaves((args, consts)))
     inputs = list(args) + bind_consts(consts, device)
+    if library.graph_tracing():  # make_fx records one op that it can run again
+        return library.record(graph, inputs, device)
     if autograd.needs_autograd(inputs):  # vjp's and linearize's runs, recorded as cache.call's are
         return autograd.run(autograd.Call(graph), inputs)
     return runtime.execute(graph, inputs, device)
@@ -154,7 +156,7 @@ def _transform(name: str, params: tuple, func: Callable, impl: Callable) -> Call
     in another transform, on tracers) called through the trace cache (cache.py)."""
 
     def wrapper(*args, **kwargs):
-        if torch.compiler.is_compiling() and not trace_stack():  # under torch.compile: one op (library.py)
+        if not trace_stack() and (torch.compiler.is_compiling() or library.graph_tracing()):  # one op (library.py)
             if kwargs:
                 raise NotImplementedError("tritonfunc: under torch.compile, pass a transform's arguments by position")
             return compiled(*args)
