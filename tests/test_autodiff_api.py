@@ -632,3 +632,110 @@ def test_forward_ad_disabled_around_jvp_does_not_reach_inside(backend):
         got = tritonfunc.jvp(torch.sin, (x,), (t,))
         want = torch.func.jvp(torch.sin, (x,), (t,))
     assert_same(got, want)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch's autograd API inside a transform: refused as torch.func refuses it.
+
+
+def _requires_grad_inside(x):
+    x.requires_grad_()
+    return x.sin().sum()
+
+
+def _retain_grad_inside(x):
+    y = x.sin()
+    y.retain_grad()
+    return y.sum()
+
+
+def _autograd_functional_vjp_inside(x):
+    return torch.autograd.functional.vjp(lambda a: a.sin().sum(), x)[1]
+
+
+_W = make(5, seed=4)
+
+MISUSE = [
+    ("requires_grad_", _requires_grad_inside),
+    ("retain_grad", _retain_grad_inside),
+    ("autograd_functional", _autograd_functional_vjp_inside),
+    ("requires_grad_on_captured", lambda x: (x * _W.detach().requires_grad_()).sum()),
+]
+TRANSFORMS = [
+    ("vmap", lambda m, f: m.vmap(f)(make(3, 5))),
+    ("grad", lambda m, f: m.grad(f)(make(5))),
+    ("vjp", lambda m, f: m.vjp(f, make(5))),
+    ("jvp", lambda m, f: m.jvp(f, (make(5),), (make(5, seed=2),))),
+    ("jacrev", lambda m, f: m.jacrev(f)(make(5))),
+    ("vmap_grad", lambda m, f: m.vmap(m.grad(f))(make(3, 5))),
+]
+
+
+@pytest.mark.parametrize("transform", [pytest.param(t, id=n) for n, t in TRANSFORMS])
+@pytest.mark.parametrize("f", [pytest.param(f, id=n) for n, f in MISUSE])
+def test_autograd_api_inside_a_transform_is_refused_as_torch_func(f, transform):
+    assert_same_error(lambda m: transform(m, f))
+
+
+class _NoSetupContext(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 2
+
+
+class _StraightThrough(torch.autograd.Function):
+    """round forward, identity backward: a trace of the forward alone would give zero gradients."""
+
+    @staticmethod
+    def forward(x):
+        return torch.round(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+    @staticmethod
+    def jvp(ctx, t):
+        return t
+
+
+@pytest.mark.parametrize("transform", [pytest.param(t, id=n) for n, t in TRANSFORMS])
+def test_autograd_function_without_setup_context_is_torch_funcs_error(transform):
+    assert_same_error(lambda m: transform(m, lambda x: _NoSetupContext.apply(x).sum()))
+
+
+@pytest.mark.parametrize("transform", [pytest.param(t, id=n) for n, t in TRANSFORMS + [("jit", None)]])
+def test_autograd_function_rules_are_never_silently_replaced(transform):
+    """torch.func applies the Function's own backward and jvp; tritonfunc cannot, so it refuses the
+    Function rather than differentiate its forward (the gradient here would be 0 instead of 1)."""
+    f = lambda x: _StraightThrough.apply(x * 1.5).sum()  # noqa: E731
+    run = (lambda m, f: m.jit(f)(make(5))) if transform is None else transform
+    with pytest.raises(NotImplementedError, match="autograd.Function _StraightThrough is not supported"):
+        run(tritonfunc, f)
+
+
+def test_a_transform_inside_an_autograd_function_forward_is_fine(backend):
+    class Sin(torch.autograd.Function):
+        @staticmethod
+        def forward(x):
+            return tritonfunc.vmap(torch.sin)(x)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(inputs[0])
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * ctx.saved_tensors[0].cos()
+
+    x = make(3, 4).requires_grad_()
+    (g,) = torch.autograd.grad(Sin.apply(x).sum(), x)
+    assert_same(g, x.detach().cos())

@@ -135,6 +135,25 @@ def test_a_captured_name_rebound_to_a_like_tensor_is_replayed_with_it(backend):
     assert counts() == (1, 2, 0)
 
 
+def _scaled_by_length_of(h):
+    return lambda x: x * h.shape[0]
+
+
+def test_a_captured_tensor_read_only_for_its_shape_is_guarded(backend):
+    """The trace bakes h.shape[0] in: a closure over a longer h, or h rebound, must trace anew."""
+    x = make(3)
+    assert_same(tritonfunc.jit(_scaled_by_length_of(torch.zeros(2)))(x), x * 2)
+    assert_same(tritonfunc.jit(_scaled_by_length_of(torch.zeros(5)))(x), x * 5)
+    h = torch.zeros(2)
+    f = tritonfunc.jit(lambda x: x * h.shape[0])
+    assert_same(f(x), x * 2)
+    h = torch.zeros(7)
+    assert_same(f(x), x * 7)
+    h = torch.ones(7)  # the same metadata: replayed
+    assert_same(f(x), x * 7)
+    assert counts() == (1, 2, 2)
+
+
 def test_a_captured_python_scalar_is_compared_at_every_call(backend):
     scale = 2.0
     f = tritonfunc.grad(lambda x: (x * scale).sin().sum())
@@ -228,6 +247,27 @@ def test_a_host_read_of_a_captured_value_is_never_replayed(backend):
     w.neg_()
     assert_same(f(x), x * 2 if w.sum() > 0 else x * -2)
     assert tritonfunc.cache_info()["unguardable"] == 2
+
+
+def _vjp_of_captured(op, a, b):
+    """A function of the cotangent alone: the vjp of a graph torch's autograd recorded outside it."""
+    out = op(a, b)
+
+    def vjp(v):
+        return torch.autograd.grad(out, (a, b), v, retain_graph=True)
+
+    return vjp
+
+
+def test_autograd_over_captured_graphs_is_never_replayed(backend):
+    """vmap of torch.autograd.grad over a captured graph: the same code closing over x + y, then x * y.
+    No guard sees the autograd graph, so each call traces anew (a replay would be add's vjp)."""
+    x, y, v = make(2, 3).requires_grad_(), make(2, 3, seed=1).requires_grad_(), make(4, 2, 3, seed=2)
+    for op in (torch.add, torch.mul, torch.div):
+        vjp = _vjp_of_captured(op, x, y)
+        assert_same(tritonfunc.vmap(vjp)(v), torch.func.vmap(vjp)(v))
+    assert tritonfunc.cache_info()["unguardable"] == 3
+    assert "runs torch's autograd over tensors it captured" in tritonfunc.explain(tritonfunc.vmap(vjp))(v)
 
 
 def test_random_draws_are_fresh_at_every_replay(interpreter):

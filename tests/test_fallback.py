@@ -166,3 +166,19 @@ def test_opaque_result_checked_against_its_shape_rule(interpreter, monkeypatch):
     monkeypatch.setattr(prim, "impl", lambda x, call: (x[:1],))
     with pytest.raises(RuntimeError, match="promised f64\\[4\\]"):
         tritonfunc.jit(lambda x: torch.special.i0e(x) * 3)(make(4))
+
+
+def test_fallback_rules_survive_torch_func_swapped_for_tritonfunc(backend, monkeypatch):
+    """`torch.func.vmap = tritonfunc.vmap` (swapping one for the other) must not send a fallback op's
+    batching, jvp or vjp rule back into tritonfunc: they use torch.func's own transforms."""
+    fn = lambda x: torch.sort(x.sin(), -1).values * 2  # noqa: E731
+    x, t = make(3, 5), make(3, 5, seed=2)
+    want_vmap = torch.func.vmap(fn)(x)
+    want_jvp = torch.func.jvp(fn, (x,), (t,))
+    want_vjp = torch.func.vjp(fn, x)[1](t)
+    for name in ("vmap", "jvp", "vjp"):
+        monkeypatch.setattr(torch.func, name, getattr(tritonfunc, name))
+    monkeypatch.setattr(torch, "vmap", tritonfunc.vmap)
+    assert_same(tritonfunc.vmap(fn)(x), want_vmap)
+    assert_same(tritonfunc.jvp(fn, (x,), (t,)), want_jvp)
+    assert_same(tritonfunc.vjp(fn, x)[1](t), want_vjp)

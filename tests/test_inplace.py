@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.func
 import torch.nn.functional as F
-from autodiff_helpers import assert_same
+from autodiff_helpers import assert_same, make
 from vmap_helpers import assert_same_error
 
 import tritonfunc
@@ -128,6 +128,20 @@ CASES = [
         lambda m: m.grad(lambda a: torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64).add_(a).sum())(_x()[0]),
     ),
     ("factory_made_inside_vmap", lambda m: m.vmap(lambda a: torch.zeros(3, dtype=torch.float64).add_(1) * a)(_x())),
+    # a tensor computed from a captured one, then written in place: applied once, under nested traces too
+    (
+        "zeros_like_captured_vmap",
+        lambda m: m.vmap(lambda a: torch.zeros_like(_CAPTURED[0]).add_(_CAPTURED[0]) * a)(_x()),
+    ),
+    ("clone_captured_vmap", lambda m: m.vmap(lambda a: _CAPTURED[1].clone().sub_(_CAPTURED[0]) * a)(_x())),
+    (
+        "ones_like_captured_grad",
+        lambda m: m.grad(lambda a: (torch.ones_like(_CAPTURED).sub_(_CAPTURED) * a).sum())(_x()),
+    ),
+    (
+        "clone_captured_vmap_jacrev",
+        lambda m: m.vmap(m.jacrev(lambda a: _CAPTURED[1].clone().mul_(_CAPTURED[0]).add_(1) * a.sin()))(_x()),
+    ),
 ]
 
 
@@ -143,6 +157,68 @@ def test_vmap_returns_the_written_input_itself(backend):
     out = tritonfunc.vmap(lambda a: a.mul_(2), in_dims=1, out_dims=1)(x)
     assert out.data_ptr() == x.data_ptr()
     assert_same(out, x)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        pytest.param(lambda m: m.vmap(m.vmap(torch.Tensor.cos_, in_dims=2), in_dims=2, out_dims=2), id="inplace"),
+        pytest.param(lambda m: m.vmap(m.vmap(lambda a: a.mT, in_dims=1), in_dims=2, out_dims=1), id="view"),
+        pytest.param(lambda m: m.vmap(m.vmap(lambda a: a[1:].unsqueeze(0)), in_dims=1), id="slice"),
+    ],
+)
+def test_nested_vmap_returns_a_view_of_the_input(backend, build):
+    """A view (or the written argument) returned from inside nested vmaps with moved batch dims is
+    a view of the caller's tensor, as in torch.func: a later write to the input shows through it."""
+    results = []
+    for m in (tritonfunc, torch.func):
+        x = make(2, 5, 4, 3, 6, seed=3)
+        out = build(m)(x)
+        assert out._base is x
+        x.mul_(-2)
+        results.append((out.clone(), out.stride(), x))
+    assert_same(results[0], results[1])
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        pytest.param(lambda a: a.t().reshape(-1), id="t_reshape"),
+        pytest.param(lambda a: a.permute(1, 0).flatten(), id="permute_flatten"),
+        pytest.param(lambda a: a[:, ::2].reshape(-1), id="strided_reshape"),
+    ],
+)
+def test_a_reshape_that_must_copy_is_returned_as_a_copy(backend, fn):
+    """The trace sees reshape of a transposed tensor as a view (tracers have no strides); the real
+    tensor's strides allow none, so torch copies, and so does tritonfunc (it used to crash)."""
+    x = make(3, 4)
+    assert_same(tritonfunc.jit(fn)(x), fn(x))
+    assert_same(tritonfunc.vmap(fn)(make(2, 3, 4)), torch.func.vmap(fn)(make(2, 3, 4)))
+    assert_same(tritonfunc.vmap(fn, in_dims=1)(make(3, 2, 4)), torch.func.vmap(fn, in_dims=1)(make(3, 2, 4)))
+
+
+MADE_INSIDE = [
+    ("jvp", lambda m: lambda a, b: m.jvp(lambda s: (a * 2).add_(s) * s, (b,), (b,))),
+    ("grad", lambda m: lambda a, b: m.grad(lambda s: a.clone().mul_(s).sin().sum())(b)),
+    ("vjp", lambda m: lambda a, b: m.vjp(lambda s: a.clone().mul_(s).sin(), b)[1](b)),
+    ("jacrev", lambda m: lambda a, b: m.jacrev(lambda s: a.clone().mul_(s).sin())(b)),
+    ("jacfwd", lambda m: lambda a, b: m.jacfwd(lambda s: a.clone().mul_(s).sin())(b)),
+]
+
+
+@pytest.mark.parametrize("build", [pytest.param(f, id=n) for n, f in MADE_INSIDE])
+def test_a_tensor_made_inside_a_gradient_transform_may_be_written(backend, build):
+    """a.clone() of a vmapped value, made inside grad/vjp/jvp, is the function's own tensor (not a
+    captured one): torch.func lets it be written in place, and tritonfunc computes the same."""
+    x, t = _x(), _y()
+    assert_same(tritonfunc.vmap(build(tritonfunc))(x, t), torch.func.vmap(build(torch.func))(x, t))
+
+
+def test_a_vmapped_value_captured_by_grad_may_not_be_written():
+    f = lambda m: m.vmap(lambda a, b: m.grad(lambda s: a.mul_(s).sum())(b))  # noqa: E731
+    for m in (torch.func, tritonfunc):
+        with pytest.raises(RuntimeError, match="would mutate a captured Tensor"):
+            f(m)(_x(), _y())
 
 
 def test_captured_tensor_written_under_vmap_and_jit(backend):

@@ -31,6 +31,33 @@ def test_backward_through_vmap_of_a_modules_forward(backend):
     assert_same(got, [p.grad for p in model.parameters()])
 
 
+def _vjp_outputs_under_autograd(m):
+    """vjp of x -> 3 x^2 at an x that requires grad: which results torch.autograd records,
+    and what it differentiates them to, with vjp_fn run inside and outside no_grad.  (With a vjp taken
+    under no_grad, torch.func's derivative of vjp_fn's result treats the intermediates it saved as
+    constants; 3 x^2 saves only x, so the two agree.)"""
+    x, ct = make(4).requires_grad_(), make(4, seed=1)
+    out, vjp_fn = m.vjp(lambda a: a * a * 3, x)
+    with torch.no_grad():
+        (inside,) = vjp_fn(ct)
+    with torch.no_grad():
+        _, later_fn = m.vjp(lambda a: a * a * 3, x)
+    (outside,) = later_fn(ct)
+    flags = (out.requires_grad, inside.requires_grad, outside.requires_grad)
+    return flags, out, inside, torch.autograd.grad(out.sum(), x), torch.autograd.grad(outside.sum(), x)
+
+
+def test_vjp_and_its_vjp_fn_are_recorded_by_autograd_as_torch_funcs(backend):
+    """vjp and vjp_fn (and linearize) run outside the whole-call cache path: they too are recorded
+    by torch.autograd when their inputs require grad and grad mode is on, as torch.func's are."""
+    got, want = _vjp_outputs_under_autograd(tritonfunc), _vjp_outputs_under_autograd(torch.func)
+    assert got[0] == want[0] == (True, False, True)
+    assert_same(got[1:], want[1:])
+    x = make(4).requires_grad_()
+    out, jvp_fn = tritonfunc.linearize(torch.sin, x)
+    assert out.requires_grad and jvp_fn(torch.ones_like(x)).requires_grad
+
+
 def test_backward_through_vmap_with_inputs_that_require_grad(backend):
     x, w = make(4, 3).requires_grad_(), make(3, seed=1).requires_grad_()
     out = tritonfunc.vmap(lambda row, w: (row * w).sin().sum(), in_dims=(0, None))(x, w)
@@ -187,3 +214,29 @@ def test_transforms_made_inside_a_compiled_function_say_what_to_do():
     compiled = torch.compile(lambda x: tritonfunc.grad(f)(x), fullgraph=True, backend="eager")
     with pytest.raises(Exception, match="create tritonfunc transforms outside the function torch.compile compiles"):
         compiled(make(4))
+
+
+# ---------------------------------------------------------------------------------------------
+# make_fx around tritonfunc: each call is recorded as one tritonfunc::call op, which runs again.
+
+
+def _vjp_fn():
+    _, vjp_fn = tritonfunc.vjp(lambda a: a.exp().sum(), make(4, seed=2))
+    return lambda ct: vjp_fn(ct)
+
+
+@pytest.mark.parametrize(
+    "build, shape",
+    [
+        pytest.param(lambda: tritonfunc.vmap(torch.sin), (4, 3), id="vmap"),
+        pytest.param(lambda: tritonfunc.jacrev(tritonfunc.jacrev(lambda a: (a.sin() * a).sum())), (4,), id="jacrev2"),
+        pytest.param(_vjp_fn, (), id="vjp_fn"),
+    ],
+)
+def test_make_fx_records_a_replayable_call(backend, build, shape):
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    f = build()
+    graph = make_fx(f)(make(*shape))
+    assert any("tritonfunc.call" in str(n.target) for n in graph.graph.nodes)
+    assert_same(graph(make(*shape, seed=1)), f(make(*shape, seed=1)))

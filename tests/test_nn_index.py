@@ -117,6 +117,25 @@ def test_index_put_boolean_mask_with_one_value(backend, accumulate):
     check_op(lambda x, s: _setitem(x * 1, X > 0, s[0, 0]), X, SRC)
 
 
+def _fill_rows(x, s):
+    y = x * 1
+    y[x.sum(1) > 0] = s[0]  # a mask over the leading dim, a row broadcast into every selected row
+    return y
+
+
+def _fill_all_if(x, s):
+    y = x * 1
+    y[x.sum() > 0] = s[0, 0]  # a 0-d mask: all or nothing
+    return y
+
+
+@pytest.mark.parametrize("f", [pytest.param(_fill_rows, id="leading_dims"), pytest.param(_fill_all_if, id="0d")])
+def test_setitem_with_a_partial_boolean_mask_is_a_masked_fill(backend, f):
+    """x[mask] = v with a mask over x's leading dims: no shape depends on the values (it used to be
+    refused as a host read under grad and jit).  torch.func cannot vmap it: no vmap check."""
+    check_op(f, X, SRC, vmap=False, second_order=True)
+
+
 def test_embedding_padding_idx_differs_between_modes(backend):
     """torch's reverse mode skips padding rows and its forward mode does not: both are matched."""
     idx = torch.tensor([[0, 2], [1, 0]])

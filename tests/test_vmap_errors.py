@@ -206,3 +206,34 @@ def test_random_op_in_error_mode(f):
     e = check_vmap_error(f, make(B, N))
     assert isinstance(e, RuntimeError)
     assert str(e).startswith("vmap: called random operation while in randomness error mode.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Calls torch refuses too: torch.func's error for the call the user wrote, not the one tritonfunc's
+# trace met first (a meta kernel's shape check, a data-dependent op it decomposes into).
+
+
+@pytest.mark.parametrize(
+    "f, x",
+    [
+        pytest.param(lambda t: torch.nonzero(t), make(B, 3), id="nonzero"),
+        pytest.param(lambda t: torch.where(t > 0), make(B, 3), id="where_one_argument"),
+        pytest.param(lambda t: torch.masked_select(t, t > 0), make(B, 3), id="masked_select"),
+        pytest.param(lambda t: torch.unique(t), make(B, 3), id="unique"),
+        pytest.param(lambda t: t[t > 0], make(B, 3), id="boolean_mask_index"),
+        pytest.param(lambda t: torch.mm(t, torch.ones(2, 2, dtype=t.dtype)), make(B, 2, 2, 2), id="mm_rank"),
+        pytest.param(lambda t: t.as_strided([1, 1], [1]), make(B, 4), id="as_strided_lengths"),
+        pytest.param(lambda t: torch.squeeze(t, dim=1), make(B), id="squeeze_dim"),
+        pytest.param(lambda t: torch.abs(t, out=torch.empty(3, dtype=t.dtype)), make(B, 3), id="out_variant"),
+        pytest.param(lambda t: t + torch.ones(5, dtype=t.dtype), make(B, 4), id="broadcast"),
+        pytest.param(lambda t: torch.equal(t, t), make(B, 4), id="equal"),
+    ],
+)
+def test_a_call_torch_refuses_raises_torch_funcs_error(f, x):
+    check_vmap_error(f, x)
+
+
+def test_shape_errors_under_grad_are_torchs():
+    """Under grad torch runs the op itself: its eager message, not the meta kernel's."""
+    f = lambda a: torch.mm(a, torch.ones(3, 3, dtype=a.dtype)).sum()  # noqa: E731
+    assert_same_error(lambda: tritonfunc.grad(f)(make(2, 2, 2)), lambda: torch.func.grad(f)(make(2, 2, 2)))

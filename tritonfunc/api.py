@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-from . import cache, fallback, library, runtime
+from . import autograd, cache, fallback, library, runtime
 from .graph import Graph, Seed, bind_consts
 from .guards import RECIPE
 from .schedule import KernelStep
@@ -41,7 +41,12 @@ def run_graph(graph: Graph, args: list[torch.Tensor], consts: list | None = None
     if b is not None:
         return inline(b, graph, list(args) + consts)
     device = _device_of(_tensor_leaves((args, consts)))
-    return runtime.execute(graph, list(args) + bind_consts(consts, device), device)
+    inputs = list(args) + bind_consts(consts, device)
+    if library.graph_tracing():  # make_fx records one op that it can run again
+        return library.record(graph, inputs, device)
+    if autograd.needs_autograd(inputs):  # vjp's and linearize's runs, recorded as cache.call's are
+        return autograd.run(autograd.Call(graph), inputs)
+    return runtime.execute(graph, inputs, device)
 
 
 def _call_consts(const_values: list, tensors: list) -> list:
@@ -118,6 +123,14 @@ def _snapshot(traced: Traced, tensors: list[torch.Tensor]) -> list[torch.Tensor]
     return [t.clone() if i in written and not isinstance(t, Tracer) else t for i, t in enumerate(tensors)]
 
 
+def _snapshot_consts(traced: Traced, consts: list) -> list:
+    """The same for the constants: a tensor the function wrote that an enclosing trace made
+    (x.clone() of an enclosing transform's value, written inside vjp or linearize) is read by the
+    later run with the value it had before the write, as the forward read it."""
+    written = {id(w.target) for w in traced.writes if w.changed and isinstance(w.target, torch.Tensor)}
+    return [c.clone() if isinstance(c, torch.Tensor) and id(c) in written else c for c in consts]
+
+
 def _alias_inputs(traced: Traced, outs: list, tensors: list[torch.Tensor]) -> list:
     """`return x.add_(1)` returns x itself, as in torch."""
     outs = list(outs)
@@ -143,7 +156,7 @@ def _transform(name: str, params: tuple, func: Callable, impl: Callable) -> Call
     in another transform, on tracers) called through the trace cache (cache.py)."""
 
     def wrapper(*args, **kwargs):
-        if torch.compiler.is_compiling() and not trace_stack():  # under torch.compile: one op (library.py)
+        if not trace_stack() and (torch.compiler.is_compiling() or library.graph_tracing()):  # one op (library.py)
             if kwargs:
                 raise NotImplementedError("tritonfunc: under torch.compile, pass a transform's arguments by position")
             return compiled(*args)
@@ -335,7 +348,7 @@ def _vjp(func: Callable, primals: tuple, has_aux: bool, compute_output: bool):
     else:
         device = _device_of(tensors)
         results = [torch.empty(v.shape, dtype=v.dtype, device=device) for v in graph.outputs]
-    saved = _snapshot(t, tensors)
+    saved, consts = _snapshot(t, tensors), _snapshot_consts(t, consts)
     _write_back(t, tensors, results[n_fn:])
     primals_out = pytree.tree_unflatten(results[:n_out], out_spec)
     if "backward" not in memo:
@@ -522,7 +535,7 @@ def linearize(func: Callable, *primals) -> tuple[Any, Callable]:
     graph, n = t.graph, len(t.graph.outputs)
     consts = _call_consts(const_values, flat_primals)
     results = run_graph(graph, flat_primals, consts)
-    saved = _snapshot(t, flat_primals)
+    saved, consts = _snapshot(t, flat_primals), _snapshot_consts(t, consts)
     _write_back(t, flat_primals, results[n_out:])
     output = pytree.tree_unflatten(results[:n_out], out_spec)
     if "tangents" not in memo:
@@ -676,6 +689,10 @@ def _vmap_once(func, size, flat_in_dims, flat_args, args_spec, out_dims, randomn
     _write_back(t, inputs, values[n_fn:], replay)
     values = _alias_inputs(t, values[:n_fn], inputs)
     out_batched = [batched[t.returns_input[k]] if k in t.returns_input else b for k, b in enumerate(out_batched)]
+    for k, (position, chain) in t.returns_view.items():  # a view of an input is returned as one, as torch.func
+        view = fallback.replay_view_batched(inputs[position], chain, batched[position])
+        if view is not None:
+            values[k], out_batched[k] = view, batched[position]
     results = iter(zip(values, out_batched))
     flat_out = []
     for static, out_dim in zip(statics, _flat_out_dims(out_dims, out_spec, func)):

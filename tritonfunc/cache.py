@@ -45,6 +45,8 @@ from .trace import Traced, Tracer, replay_view, trace, trace_stack
 MAX_ENTRIES = 256  # cached calls kept, least recently used dropped first
 VARIANTS = 8  # traced variants kept per key (a guard that fails adds one)
 
+AUTOGRAD_READ = "it runs torch's autograd over tensors it captured (torch.autograd.grad, .backward())"
+
 # Argument leaves hashed by value in the key (anything else is guarded as a root).
 KEY_SCALARS = (bool, int, float, str, type(None), torch.dtype, torch.device)
 
@@ -309,6 +311,8 @@ def _build(impl, args, kwargs, device, roots, trace_kwargs) -> Entry:
     try:
         if traced.host_read:
             raise G.Unguardable("it reads a value computed from captured tensors on the host (.item(), bool())")
+        if traced.autograd_read:
+            raise G.Unguardable(AUTOGRAD_READ)
         guards = G.discover(roots, tensor_consts, set(traced.made))
         reason = None
     except G.Unguardable as e:
@@ -380,6 +384,8 @@ def report(fn, args: tuple, kwargs: dict, traced: Traced) -> list[str]:
         return ["the trace cache is off (TRITONFUNC_CACHE=0 or set_cache(enabled=False)): traced at every call"]
     if traced.host_read:
         return ["traced at every call: it reads a value computed from captured tensors on the host (.item(), bool())"]
+    if traced.autograd_read:
+        return [f"traced at every call: {AUTOGRAD_READ}"]
     try:
         guards = G.discover(_roots(fn, leaves), tensor_consts, set(traced.made))
     except G.Unguardable as e:
@@ -421,7 +427,10 @@ def _run(entry: Entry, tensors: list, values: list | None, device: torch.device,
         _write_back(traced, tensors, results[n:], targets=targets)
     outs = _alias_inputs(traced, results[:n], tensors)
     for k, (position, chain) in traced.returns_view.items():
-        outs[k] = replay_view(tensors[position], chain)
+        try:
+            outs[k] = replay_view(tensors[position], chain)
+        except RuntimeError:  # a reshape the trace saw as a view, which these strides do not allow: a copy
+            pass
     outs = iter(outs)
     return pytree.tree_unflatten([next(outs) if s is TENSOR else s for s in traced.statics], traced.out_spec)
 

@@ -19,7 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.func
+
+# torch.func's transforms from their defining modules, not `torch.func.vmap`: a user (or a test
+# harness) that swaps tritonfunc in for torch.func (`torch.func.vmap = tritonfunc.vmap`) would
+# otherwise send a fallback op's batching rule back into tritonfunc, forever.
+from torch._functorch.apis import vmap as torch_vmap
+from torch._functorch.eager_transforms import jvp as torch_jvp
+from torch._functorch.eager_transforms import vjp as torch_vjp
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import _disable_current_modes
 
@@ -130,7 +136,7 @@ def jvp_prim(parent: Primitive, wrt: tuple[int, ...]) -> Primitive:
         n = len(tensors) - len(wrt)
         primals, tangents = tensors[:n], tensors[n:]
         run = lambda *xs: _floating_outputs(parent.impl(*xs, **params))  # noqa: E731
-        return torch.func.jvp(_selecting(run, primals, wrt), tuple(primals[i] for i in wrt), tuple(tangents))[1]
+        return torch_jvp(_selecting(run, primals, wrt), tuple(primals[i] for i in wrt), tuple(tangents))[1]
 
     def shape_rule(*avals, **params):
         outs = parent.shape_rule(*avals[: len(avals) - len(wrt)], **params)
@@ -146,7 +152,7 @@ def vjp_prim(parent: Primitive, wrt: tuple[int, ...], seeded: tuple[int, ...]) -
         n = len(tensors) - len(seeded)
         primals, cts = tensors[:n], tensors[n:]
         run = lambda *xs: tuple(parent.impl(*xs, **params)[i] for i in seeded)  # noqa: E731
-        _, pull = torch.func.vjp(_selecting(run, primals, wrt), *[primals[i] for i in wrt])
+        _, pull = torch_vjp(_selecting(run, primals, wrt), *[primals[i] for i in wrt])
         return pull(tuple(cts))
 
     def shape_rule(*avals, **params):
@@ -164,7 +170,7 @@ def batch_prim(parent: Primitive, batched: tuple[bool, ...], size: int, randomne
     def fn(*tensors, **params):
         run = lambda _, *xs: parent.impl(*xs, **params)  # noqa: E731
         placeholder = torch.empty(size, 0, device=tensors[0].device if tensors else "cpu")
-        return tuple(torch.func.vmap(run, in_dims=in_dims, randomness=randomness)(placeholder, *tensors))
+        return tuple(torch_vmap(run, in_dims=in_dims, randomness=randomness)(placeholder, *tensors))
 
     def shape_rule(*avals, **params):
         per_example = [(s[1:], d) if b else (s, d) for (s, d), b in zip(avals, batched)]
@@ -356,7 +362,7 @@ def vmap_error(func, args, batched: dict, size: int, randomness: str, level: int
     try:
         with torch.random.fork_rng(devices=[]):
             placeholder = torch.empty(size, 0)
-            torch.func.vmap(lambda _, *xs: op(*xs), in_dims=in_dims, randomness=randomness)(
+            torch_vmap(lambda _, *xs: op(*xs), in_dims=in_dims, randomness=randomness)(
                 placeholder, *[stand_in(v) for v in tensors]
             )
     except Exception as e:  # noqa: BLE001  (whatever torch.func raises is the answer)
@@ -371,4 +377,19 @@ def replay_batched(op, tensor: torch.Tensor, in_dim: int | None, args, kwargs) -
     if in_dim is None:
         op(tensor, *args, **kwargs)
     else:
-        torch.func.vmap(lambda x: op(x, *args, **kwargs), in_dims=in_dim)(tensor)
+        torch_vmap(lambda x: op(x, *args, **kwargs), in_dims=in_dim)(tensor)
+
+
+def replay_view_batched(tensor: torch.Tensor, chain: tuple, batched: bool) -> torch.Tensor | None:
+    """The view ops a vmapped function applied to its argument (a per-example chain of
+    trace.ViewStep), applied to the batched argument (batch first) the way torch.func's vmap does:
+    the result is a view of it.  None where the real tensor's strides allow no such view (a
+    reshape the trace saw as a view): torch's reshape copies there, like the computed result."""
+    from .trace import replay_view
+
+    try:
+        if not batched:
+            return replay_view(tensor, chain)
+        return torch_vmap(lambda x: replay_view(x, chain))(tensor)
+    except RuntimeError:
+        return None

@@ -13,7 +13,8 @@ records one guard per value reached, as a path from a root:
   - lists, tuples and dicts by length and keys (their items below them);
   - a captured tensor the trace used as a constant is its *source*: it is re-read at every call
     (so in-place updates are seen), and a tensor rebound under the same name with the same shape,
-    dtype, strides and device simply takes its place.  Tensors the trace did not use are ignored.
+    dtype, strides and device simply takes its place.  A tensor the trace did not use as a value is
+    compared by that metadata too (the function may have read its shape).
 
 Anything else (an object with no __dict__, more state than GUARD_LIMIT values) makes the function
 unguardable: it is then re-traced at every call, never stale, and `explain` says why.
@@ -114,6 +115,10 @@ class _Walker:
             position = self.const_ids.get(id(value))
             if position is not None and position not in self.sources:
                 self.sources[position] = self.add(parent, step, key, "tensor", tensor_meta(value), what)
+            elif position is None and id(value) not in self.seen:
+                # Not read as a value, but its shape or dtype may have been (`x * h.shape[0]`).
+                self.seen.add(id(value))
+                self.add(parent, step, key, "tensor", tensor_meta(value), what)
             return
         if isinstance(value, SCALAR_TYPES):
             self.add(parent, step, key, "value", value, what)

@@ -9,6 +9,9 @@ kernel gives the outputs' shapes and whose real kernel runs the graph's Program;
 formula is the graph's VJP, recorded as another `tritonfunc::call`.  The key names the graph in a
 registry kept for the process (compiled code refers to it).
 
+make_fx (and torch's other graph tracers: a fake tensor mode, functionalization's mode) records a
+transform's call, and a vjp_fn's or jvp_fn's run, the same way: one `tritonfunc::call` op.
+
 What it cannot do (each raises an error that says so): captured tensors (pass them as arguments
 under torch.compile), random draws and in-place writes inside the compiled call.
 """
@@ -82,13 +85,31 @@ def _symbolic(t) -> bool:
     return isinstance(t, torch.Tensor) and type(t) is not torch.Tensor and not isinstance(t, torch.nn.Parameter)
 
 
+def graph_tracing() -> bool:
+    """Whether a tracer of torch's own is recording the ops run now (make_fx's proxy mode, a fake
+    tensor mode, functionalization's mode): a transform's call is then one `tritonfunc::call` op,
+    which it records and can run again, rather than the kernels' internals."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch._subclasses.functional_tensor import FunctionalTensorMode
+    from torch.fx.experimental.proxy_tensor import ProxyTorchDispatchMode
+
+    modes = torch.utils._python_dispatch._get_current_dispatch_mode_stack()
+    return any(isinstance(m, (ProxyTorchDispatchMode, FakeTensorMode, FunctionalTensorMode)) for m in modes)
+
+
+def record(graph: Graph, inputs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """A graph run (vjp_fn's, linearize's jvp_fn's) as one `tritonfunc::call` op, under graph_tracing."""
+    return list(call_op(_register(graph, device), inputs))
+
+
 def compiled_call(wrapper, impl, args: tuple):
-    """The call of a transform inside a torch.compile'd function (see the module's docstring)."""
+    """The call of a transform inside a torch.compile'd function or under make_fx (see the module's
+    docstring)."""
     from .cache import call as cached_call
 
     leaves, spec = pytree.tree_flatten(args)
     tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
-    if not any(_symbolic(t) for t in tensors):  # the compiled graph running eagerly: the usual call
+    if not any(_symbolic(t) for t in tensors) and not graph_tracing():  # a compiled graph running eagerly
         return cached_call(wrapper, impl, args, {})
     device = tensors[0].device if tensors else torch.device("cpu")
     with _disable_current_modes(), torch._C._DisableFuncTorch():

@@ -24,6 +24,7 @@ Traces nest (a transform called inside another traces inside it) and are per thr
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,9 +36,10 @@ import torch._refs  # noqa: F401
 import torch._refs.nn.functional  # noqa: F401
 import torch.nn.functional as F
 from torch._decomp import decomposition_table
+from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 from torch.utils._mode_utils import no_dispatch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from . import fallback
 from . import primitives as P
@@ -125,6 +127,8 @@ class Tracer(torch.Tensor):
         t._chain = tuple(chain)
         t._cache = (t._storage.version, var)
         t._lost = None  # (storage, version) for a view tritonfunc cannot follow
+        stack = trace_stack()
+        t._born = stack[-1].level if stack else -1  # the trace whose function made it (see _target)
         return t
 
     @property
@@ -151,58 +155,131 @@ class Tracer(torch.Tensor):
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is torch.Tensor.__bool__:  # `if tensor:` -- Python control flow on a traced value
-            _refuse_data_dependence(control_flow=True)
-        if func is torch.Tensor.new_tensor:  # data from Python: a constant, like torch.tensor(data)
-            return torch.tensor(args[1], dtype=kwargs.get("dtype") or args[0].dtype, device=args[0].device)
-        if func in _DROPOUTS:  # its noise is a fresh draw, not an in-place fill (vmap's randomness rules)
-            with dropout_scope():
-                return _call(func, args, kwargs)
-        if func in _RRELUS and any(t.api == "vmap" for t in trace_stack()):  # even in eval mode
-            raise RuntimeError("vmap: we do not yet support aten::rrelu. Please file an issue")
-        # x[t] with a 0-d integer tensor t: torch would read t on the host (.item()); index with
-        # t as a one-element tensor instead (a gather) and drop that axis.
-        if func is torch.Tensor.__getitem__ and len(args) == 2:
-            x, key = args
-            keys = key if isinstance(key, tuple) else (key,)
-            zero_d = [
-                i
-                for i, k in enumerate(keys)
-                if isinstance(k, torch.Tensor)
-                and k.dim() == 0
-                and not k.dtype.is_floating_point
-                and k.dtype != torch.bool
-            ]
-            tensors = [i for i, k in enumerate(keys) if isinstance(k, torch.Tensor)]
-            adjacent = tensors == list(range(tensors[0], tensors[-1] + 1)) if tensors else False
-            if (
-                zero_d
-                and zero_d == tensors
-                and adjacent
-                and all(isinstance(k, (int, slice, torch.Tensor)) for k in keys)
-            ):
-                new = tuple(k.reshape(1) if j in zero_d else k for j, k in enumerate(keys))
-                picked = x[new if len(new) > 1 else new[0]]
-                # the index tensors leave one axis where the first was, after the sliced axes before it
-                return picked.squeeze(sum(1 for k in keys[: zero_d[0]] if isinstance(k, slice)))
-        # torch.matmul with a 1-D operand squeezes its result in place (squeeze_), which a tracer
-        # cannot do to its own shape: give it 2-D operands and reshape the result instead.
-        if func in _MATMULS and not kwargs and len(args) == 2:
-            a, c = args
-            if isinstance(a, torch.Tensor) and isinstance(c, torch.Tensor) and 1 in (a.dim(), c.dim()):
-                out = torch.matmul(a.unsqueeze(0) if a.dim() == 1 else a, c.unsqueeze(-1) if c.dim() == 1 else c)
-                if a.dim() == 1:
-                    out = out.squeeze(-2)
-                if c.dim() == 1:
-                    out = out.squeeze(-1)
-                return out
-        # F.linear of a 1-D input runs that same matmul: give it a row instead.
-        if func is torch.nn.functional.linear:
-            rest = dict(kwargs or {})
-            x = args[0] if args else rest.pop("input", None)
-            if isinstance(x, torch.Tensor) and x.dim() == 1:
-                return func(x.unsqueeze(0), *args[1:], **rest).squeeze(0)
-        return _call(func, args, kwargs)
+        try:
+            return _torch_function(func, args, kwargs)
+        except Exception as e:
+            if getattr(e, _ASK_TORCH, False):  # a call torch refuses too: torch's own error for it
+                theirs = _torch_error(func, args, kwargs)
+                if theirs is not None:
+                    raise theirs from None
+            raise
+
+
+def _torch_function(func, args, kwargs):
+    """Tracer.__torch_function__: a few calls handled at the level the user wrote them."""
+    if func is torch.Tensor.__bool__:  # `if tensor:` -- Python control flow on a traced value
+        _refuse_data_dependence(control_flow=True)
+    if func is torch.Tensor.new_tensor:  # data from Python: a constant, like torch.tensor(data)
+        return torch.tensor(args[1], dtype=kwargs.get("dtype") or args[0].dtype, device=args[0].device)
+    if func in _DROPOUTS:  # its noise is a fresh draw, not an in-place fill (vmap's randomness rules)
+        with dropout_scope():
+            return _call(func, args, kwargs)
+    if func in _RRELUS and any(t.api == "vmap" for t in trace_stack()):  # even in eval mode
+        raise RuntimeError("vmap: we do not yet support aten::rrelu. Please file an issue")
+    # x[t] with a 0-d integer tensor t: torch would read t on the host (.item()); index with
+    # t as a one-element tensor instead (a gather) and drop that axis.
+    if func is torch.Tensor.__getitem__ and len(args) == 2:
+        x, key = args
+        keys = key if isinstance(key, tuple) else (key,)
+        zero_d = [
+            i
+            for i, k in enumerate(keys)
+            if isinstance(k, torch.Tensor) and k.dim() == 0 and not k.dtype.is_floating_point and k.dtype != torch.bool
+        ]
+        tensors = [i for i, k in enumerate(keys) if isinstance(k, torch.Tensor)]
+        adjacent = tensors == list(range(tensors[0], tensors[-1] + 1)) if tensors else False
+        if zero_d and zero_d == tensors and adjacent and all(isinstance(k, (int, slice, torch.Tensor)) for k in keys):
+            new = tuple(k.reshape(1) if j in zero_d else k for j, k in enumerate(keys))
+            picked = x[new if len(new) > 1 else new[0]]
+            # the index tensors leave one axis where the first was, after the sliced axes before it
+            return picked.squeeze(sum(1 for k in keys[: zero_d[0]] if isinstance(k, slice)))
+    # x[mask] = value with a boolean mask over x's leading dims (a 0-d one included) and a value
+    # that does not depend on how many elements the mask selects: a masked fill, with no
+    # data-dependent shape.
+    if func is torch.Tensor.__setitem__ and len(args) == 3 and _is_mask_fill(*args):
+        x, mask, value = args
+        mask = mask.reshape(tuple(mask.shape) + (1,) * (x.dim() - mask.dim()))
+        x.copy_(torch.where(mask, value, x))
+        return None
+    # torch.matmul with a 1-D operand squeezes its result in place (squeeze_), which a tracer
+    # cannot do to its own shape: give it 2-D operands and reshape the result instead.
+    if func in _MATMULS and not kwargs and len(args) == 2:
+        a, c = args
+        if isinstance(a, torch.Tensor) and isinstance(c, torch.Tensor) and 1 in (a.dim(), c.dim()):
+            out = torch.matmul(a.unsqueeze(0) if a.dim() == 1 else a, c.unsqueeze(-1) if c.dim() == 1 else c)
+            if a.dim() == 1:
+                out = out.squeeze(-2)
+            if c.dim() == 1:
+                out = out.squeeze(-1)
+            return out
+    # F.linear of a 1-D input runs that same matmul: give it a row instead.
+    if func is torch.nn.functional.linear:
+        rest = dict(kwargs or {})
+        x = args[0] if args else rest.pop("input", None)
+        if isinstance(x, torch.Tensor) and x.dim() == 1:
+            return func(x.unsqueeze(0), *args[1:], **rest).squeeze(0)
+    return _call(func, args, kwargs)
+
+
+def _is_mask_fill(x, key, value) -> bool:
+    if not (isinstance(x, torch.Tensor) and isinstance(key, torch.Tensor) and key.dtype == torch.bool):
+        return False
+    if tuple(key.shape) != tuple(x.shape[: key.dim()]):
+        return False
+    if isinstance(value, (bool, int, float)):
+        return True
+    rest = tuple(x.shape[key.dim() :])  # the value must broadcast to one selected element's shape
+    return isinstance(value, torch.Tensor) and value.dim() <= len(rest) and _broadcasts(tuple(value.shape), rest)
+
+
+def _broadcasts(shape: tuple, to: tuple) -> bool:
+    return all(a in (1, b) for a, b in zip(reversed(shape), reversed(to)))
+
+
+# Set on an error tritonfunc raises for a call torch itself may refuse (a shape check, an operator
+# whose output shape depends on values, out=): Tracer.__torch_function__ asks torch for its own
+# error for the user's call and raises that (torch.func's words under vmap) when there is one.
+_ASK_TORCH = "_tritonfunc_ask_torch"
+ASK_TORCH_ELEMENTS = 1 << 22  # stand-in elements made to ask, at most (beyond: tritonfunc's own error)
+
+
+def _askable(e: BaseException) -> BaseException:
+    setattr(e, _ASK_TORCH, True)
+    return e
+
+
+def _torch_error(func, args, kwargs) -> BaseException | None:
+    """What torch raises for func(*args, **kwargs) with each tracer replaced by a stand-in of its
+    shape and dtype (mapped over a batch of 2 by torch.func's vmap when a vmap is being traced), or
+    None if it raises nothing."""
+    leaves, spec = pytree.tree_flatten((args, kwargs))
+    traced = [i for i, x in enumerate(leaves) if isinstance(x, Tracer)]
+    vmapped = any(t.api == "vmap" for t in trace_stack())
+    batch = (2,) if vmapped else ()
+    if sum(leaves[i].numel() for i in traced) > ASK_TORCH_ELEMENTS:
+        return None
+
+    def stand_in(t: Tracer) -> torch.Tensor:
+        shape = batch + tuple(t.shape)
+        return torch.ones(shape, dtype=t.dtype) if t.dtype.is_floating_point else torch.zeros(shape, dtype=t.dtype)
+
+    def run(*values):
+        filled = list(leaves)
+        for i, v in zip(traced, values):
+            filled[i] = v
+        a, k = pytree.tree_unflatten(filled, spec)
+        return func(*a, **k)
+
+    try:
+        with _disable_current_modes(), torch._C.DisableTorchFunctionSubclass(), torch.random.fork_rng(devices=[]):
+            values = [stand_in(leaves[i]) for i in traced]
+            if vmapped:
+                fallback.torch_vmap(run)(*values)
+            else:
+                run(*values)
+    except Exception as e:  # noqa: BLE001  (whatever torch raises is the answer)
+        return e
+    return None
 
 
 def _call(func, args, kwargs):
@@ -234,8 +311,14 @@ _RRELUS = {F.rrelu, F.rrelu_, torch.rrelu, torch.rrelu_}
 
 
 def _innermost_builder(args, kwargs) -> TraceBuilder:
-    builders = [a._builder for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, Tracer)]
-    b = max(builders, key=lambda b: b.level)
+    tracers = [a for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, Tracer)]
+    b = max((t._builder for t in tracers), key=lambda b: b.level)
+    for deeper in reversed(trace_stack()):  # an enclosing trace's tensor a deeper trace wrote: that one's
+        if deeper.level <= b.level:
+            break
+        if any(id(t) in deeper.captured for t in tracers):
+            b = deeper
+            break
     if not any(b is s for s in trace_stack()):
         raise RuntimeError(
             "tritonfunc: a traced tensor escaped the function that created it "
@@ -282,14 +365,52 @@ def _as_tracers(b: TraceBuilder, tree):
     return pytree.tree_map(lambda v: Tracer(b, v) if isinstance(v, Var) else v, tree)
 
 
+_FUNCTION_APPLY = torch.autograd.Function.apply.__func__.__code__
+
+
+def _refuse_custom_function() -> None:
+    """An op run inside the forward of a custom torch.autograd.Function (torch runs it with grad
+    mode off) called by the traced function: torch.func applies the Function's own backward, jvp
+    and vmap rules, which a trace of its forward would silently replace (a straight-through
+    estimator would get round's zero gradient).  Refused, with torch.func's error where it has one."""
+    if torch.is_grad_enabled():
+        return
+    frame, found, inside = sys._getframe(1), None, None
+    while frame is not None:  # an apply between this op and the outermost trace
+        if frame.f_code is _FUNCTION_APPLY and found is None:
+            found = frame.f_locals.get("cls")
+        elif frame.f_code is _TRACE:
+            inside = inside or found
+        frame = frame.f_back
+    if inside is None:
+        return
+    transformed = any(t.api in ("vmap", *GRAD_APIS) for t in trace_stack())
+    if transformed and not torch.autograd.function._is_setup_context_defined(inside.setup_context):
+        raise RuntimeError(
+            "In order to use an autograd.Function with functorch transforms (vmap, grad, jvp, jacrev, ...), it must "
+            "override the setup_context staticmethod. For more details, please see "
+            "https://pytorch.org/docs/main/notes/extending.func.html"
+        )
+    raise NotImplementedError(
+        f"tritonfunc: the autograd.Function {inside.__name__} is not supported inside a tritonfunc transform: "
+        "tritonfunc would trace its forward and ignore its backward, jvp and vmap rules"
+    )
+
+
 def _dispatch(func, args, kwargs):
+    _refuse_custom_function()
     b = _innermost_builder(args, kwargs)
     if func in _DATA_DEPENDENT:
-        _refuse_data_dependence(control_flow=func is not aten._local_scalar_dense.default)
+        try:
+            _refuse_data_dependence(control_flow=func is not aten._local_scalar_dense.default)
+        except RuntimeError as e:
+            if func in (aten.nonzero.default, aten.equal.default):  # torch.func's vmap has its own words
+                _askable(e)
+            raise
     if _writes_self(func):
         return _inplace(b, func, args, kwargs)
     if _out_variant(func):
-        raise NotImplementedError(f"tritonfunc: {func} writes into its out= argument, which is not supported")
+        raise _askable(NotImplementedError(f"tritonfunc: {func} writes into its out= argument, which is not supported"))
     lowering = lowering_for(func)
     decomposing = _decomposing()
     decomp = None
@@ -318,10 +439,15 @@ def _dispatch(func, args, kwargs):
     try:
         out_meta = func(*pytree.tree_map(_to_meta, args), **meta_kwargs)
     except NotImplementedError as e:  # e.g. boolean-mask indexing: its shape depends on the values
-        raise NotImplementedError(
-            f"tritonfunc: operator {func} is not supported: its output shape depends on tensor values, which a "
-            f"traced graph cannot represent ({e})"
+        raise _askable(
+            NotImplementedError(
+                f"tritonfunc: operator {func} is not supported: its output shape depends on tensor values, which "
+                f"a traced graph cannot represent ({e})"
+            )
         ) from e
+    except (RuntimeError, IndexError, ValueError, TypeError) as e:  # a shape check failed
+        _askable(e)
+        raise
     for t in pytree.tree_leaves(out_meta):
         if isinstance(t, torch.Tensor):
             _check_real_dtype(t, f"the result of {func}")
@@ -510,8 +636,8 @@ def _target(b: TraceBuilder, func, x: torch.Tensor) -> Tracer:
     grad/vjp/jvp trace is torch.func's error."""
     t = _stand_in(b, x)
     origin = t._storage.origin
-    if isinstance(origin, Tracer):  # an enclosing trace's tensor
-        home = origin._builder.level
+    if isinstance(origin, Tracer):  # an enclosing trace's tensor, or one made by this trace's function
+        home = max(origin._builder.level, origin._born)  # from an op on enclosing tensors (x.clone())
     elif origin is None or isinstance(origin, int):  # this trace's own
         home = b.level
     else:  # from outside every trace
@@ -823,12 +949,52 @@ def _refuse_data_dependence(control_flow: bool):
 _DATA_DEPENDENT = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.equal.default, aten.nonzero.default}
 
 
+_AUTOGRAD_ENTRIES = {torch.autograd.grad, torch.autograd.backward, torch.Tensor.backward}
+
+
+class _AutogradWatch(TorchFunctionMode):
+    """Active while a function is traced: notes that it runs torch's autograd engine itself
+    (torch.autograd.grad, .backward()), typically over a graph of captured tensors.  What the trace
+    records then depends on that graph, which no guard sees (an identity backward records nothing
+    at all), so such a trace is never replayed."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _AUTOGRAD_ENTRIES:
+            _local.autograd_read = True
+        elif func is torch.Tensor.requires_grad_ and any(t.api in ("vmap", *GRAD_APIS) for t in trace_stack()):
+            what = "requires_grad_() (or perhaps using torch.autograd.functional.* APIs)"
+            raise RuntimeError(_REFUSED.format(what, "requires_grad_()"))
+        elif func is torch.Tensor.retain_grad and any(t.api in ("grad", "vjp") for t in trace_stack()):
+            raise RuntimeError(_REFUSED.format("retain_grad()", "retain_grad()"))
+        return func(*args, **(kwargs or {}))
+
+
+# torch.func's words for autograd's own API used inside a transform (under vmap or a gradient
+# transform for requires_grad_, under grad and vjp for retain_grad).
+_REFUSED = (
+    "You are attempting to call Tensor.{0} inside of a function being transformed by a functorch transform. This is "
+    "unsupported, please attempt to use the functorch transforms (e.g. grad, vjp, jacrev, jacfwd, hessian) or call "
+    "{1} outside of a function being transformed instead."
+)
+
+
 class _TracingMode(TorchDispatchMode):
     """Active while a function is traced: catches the operators that take no tracer (factories,
-    seeded random draws, in-place ops on captured tensors), which would otherwise never reach one."""
+    seeded random draws, in-place ops on captured tensors), which would otherwise never reach one.
+
+    Nested traces stack one mode each; the innermost trace's mode does the work, and an op it runs
+    passes through the modes of the traces around it untouched (handled twice, an in-place op on a
+    tensor computed from captured ones would be applied twice to its shadow)."""
+
+    def __init__(self, builder: TraceBuilder):
+        super().__init__()
+        self.builder = builder
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if trace_stack()[-1] is not self.builder:  # an inner trace's mode has handled this op
+            return func(*args, **kwargs)
+        _refuse_custom_function()
         # An op with a lowering of its own is lowered as usual, though tagged random (the fused
         # attention ops are, for their dropout).
         random = torch.Tag.nondeterministic_seeded in func.tags and lowering_for(func) is None
@@ -999,6 +1165,9 @@ class Traced:
     # output tensor index -> (input position, view chain): outputs that are views of an input, as
     # torch returns them (`vmap(f)(x)` returning x's own rows, `x.t()`)
     returns_view: dict = field(default_factory=dict)
+    # torch's autograd engine ran inside the function (torch.autograd.grad over captured tensors'
+    # graph): what it traced depends on an autograd graph that no guard sees.
+    autograd_read: bool = False
 
     @property
     def num_outputs(self) -> int:
@@ -1020,7 +1189,7 @@ def trace(
         device = tensors[0].device if tensors else torch.device("cpu")
     stack = trace_stack()
     if not stack:
-        _local.made, _local.host_read = {}, False
+        _local.made, _local.host_read, _local.autograd_read = {}, False, False
     b = TraceBuilder((stack[-1].level + 1) if stack else 0, torch.device(device), api=api)
     wrapped, inputs = [], []
     for x in leaves:
@@ -1038,7 +1207,12 @@ def trace(
     stack.append(b)
     try:
         # A no_grad (or disabled forward AD) around the transform does not reach inside it.
-        with torch.enable_grad(), torch.autograd.forward_ad._set_fwd_grad_enabled(True), _TracingMode():
+        with (
+            torch.enable_grad(),
+            torch.autograd.forward_ad._set_fwd_grad_enabled(True),
+            _TracingMode(b),
+            _AutogradWatch(),
+        ):
             out = fn(*targs, **tkwargs)
     finally:
         stack.pop()
@@ -1074,6 +1248,10 @@ def trace(
             fallback.warn_not_fused(n.prim.name)
     made = frozenset(_made()) if not stack else frozenset()
     host_read = getattr(_local, "host_read", False) if not stack else False
+    autograd_read = getattr(_local, "autograd_read", False) if not stack else False
     if not stack:
         _local.made = {}  # hold no tensor past the trace
-    return Traced(graph, out_spec, statics, writes, returns_input, made, host_read, returns_view)
+    return Traced(graph, out_spec, statics, writes, returns_input, made, host_read, returns_view, autograd_read)
+
+
+_TRACE = trace.__code__
