@@ -220,7 +220,10 @@ OPS = {
     "rrelu": lambda x: F.rrelu(x, training=True),
     "rrelu_eval": lambda x: F.rrelu(x),
     "fresh_normal_": lambda x: torch.empty(4).normal_(),
+    "randn_out": lambda x: torch.randn(4, out=torch.empty(4)),  # refused before it reaches ATen
+    "rrelu_captured": lambda x: F.rrelu(_CAPTURED),  # no traced operand: refused all the same
 }
+_CAPTURED = torch.rand(4)
 
 
 def _vmapped(m, f, randomness, batched: bool):

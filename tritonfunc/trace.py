@@ -174,8 +174,6 @@ def _torch_function(func, args, kwargs):
     if func in _DROPOUTS:  # its noise is a fresh draw, not an in-place fill (vmap's randomness rules)
         with dropout_scope():
             return _call(func, args, kwargs)
-    if func in _RRELUS and any(t.api == "vmap" for t in trace_stack()):  # even in eval mode
-        raise RuntimeError("vmap: we do not yet support aten::rrelu. Please file an issue")
     # x[t] with a 0-d integer tensor t: torch would read t on the host (.item()); index with
     # t as a one-element tensor instead (a gather) and drop that axis.
     if func is torch.Tensor.__getitem__ and len(args) == 2:
@@ -952,11 +950,14 @@ _DATA_DEPENDENT = {aten._local_scalar_dense.default, aten.is_nonzero.default, at
 _AUTOGRAD_ENTRIES = {torch.autograd.grad, torch.autograd.backward, torch.Tensor.backward}
 
 
-class _AutogradWatch(TorchFunctionMode):
-    """Active while a function is traced: notes that it runs torch's autograd engine itself
-    (torch.autograd.grad, .backward()), typically over a graph of captured tensors.  What the trace
-    records then depends on that graph, which no guard sees (an identity backward records nothing
-    at all), so such a trace is never replayed."""
+class _FunctionWatch(TorchFunctionMode):
+    """Active while a function is traced; sees every torch call the user writes, traced values or not.
+
+    Notes that the function runs torch's autograd engine itself (torch.autograd.grad, .backward()),
+    typically over a graph of captured tensors.  What the trace records then depends on that graph,
+    which no guard sees (an identity backward records nothing at all), so such a trace is never
+    replayed.  Refuses, in torch.func's words, what torch.func refuses at this level: autograd's own
+    API inside a transform, and random calls vmap has no rule for (before they reach ATen)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in _AUTOGRAD_ENTRIES:
@@ -966,7 +967,19 @@ class _AutogradWatch(TorchFunctionMode):
             raise RuntimeError(_REFUSED.format(what, "requires_grad_()"))
         elif func is torch.Tensor.retain_grad and any(t.api in ("grad", "vjp") for t in trace_stack()):
             raise RuntimeError(_REFUSED.format("retain_grad()", "retain_grad()"))
+        elif func in _RANDOM_FUNCTIONS and any(t.api == "vmap" for t in trace_stack()):
+            if func in _RANDOM_FACTORIES and (kwargs or {}).get("out") is not None:  # reaches ATen as resize_, fill
+                raise RuntimeError(
+                    "vmap: We do not support calling out variants of random operations inside of vmap. Please use "
+                    "non-out variants as a workaround"
+                )
+            if func in _RRELUS:  # even in eval mode
+                raise RuntimeError("vmap: we do not yet support aten::rrelu. Please file an issue")
         return func(*args, **(kwargs or {}))
+
+
+_RANDOM_FACTORIES = {torch.rand, torch.randn, torch.randint, torch.randperm}
+_RANDOM_FUNCTIONS = _RANDOM_FACTORIES | _RRELUS
 
 
 # torch.func's words for autograd's own API used inside a transform (under vmap or a gradient
@@ -1211,7 +1224,7 @@ def trace(
             torch.enable_grad(),
             torch.autograd.forward_ad._set_fwd_grad_enabled(True),
             _TracingMode(b),
-            _AutogradWatch(),
+            _FunctionWatch(),
         ):
             out = fn(*targs, **tkwargs)
     finally:
