@@ -177,6 +177,21 @@ def test_data_dependent_operation_raises_runtime_error(backend, fn):
         tritonfunc.jit(fn)(make(4, 8))
 
 
+def test_a_host_read_of_a_value_no_input_reaches_is_computed(backend):
+    """torch.cov checks its sample count (a tensor made from the input's shape) on the host: that
+    value depends on no input, so it is computed, under jvp inside vmap too (functorch's
+    test_zerotensor_vmapjvp_interaction); a host read that an input reaches is still refused."""
+    x, t = make(4, 6), make(4, seed=1)
+    check(torch.cov, x)
+    got = tritonfunc.vmap(lambda x: tritonfunc.jvp(torch.cov, (x,), (t,)), in_dims=1)(x)
+    want = torch.func.vmap(lambda x: torch.func.jvp(torch.cov, (x,), (t,)), in_dims=1)(x)
+    torch.testing.assert_close(got, want)
+    scaled = lambda x: x * 2 if torch.tensor(x.shape[0]) > 3 else x  # noqa: E731
+    torch.testing.assert_close(tritonfunc.jit(scaled)(x), scaled(x))
+    with pytest.raises(RuntimeError, match="traced value"):
+        tritonfunc.jit(lambda x: x * 2 if x.sum() * 0 + torch.tensor(4) > 3 else x)(x)
+
+
 def test_dropout_is_random_or_refused(backend):
     """F.dropout must either raise (randomness unsupported) or keep about half the elements, scaled by 2."""
     x = torch.ones(64, 64)

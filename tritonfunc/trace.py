@@ -399,6 +399,10 @@ def _dispatch(func, args, kwargs):
     _refuse_custom_function()
     b = _innermost_builder(args, kwargs)
     if func in _DATA_DEPENDENT:
+        folded = [_constant_value(b, x) for x in args] if func in _HOST_READS else [None]
+        if all(v is not None for v in folded):  # values no input reaches (a count made a tensor)
+            with _disable_current_modes():
+                return func(*folded)
         try:
             _refuse_data_dependence(control_flow=func is not aten._local_scalar_dense.default)
         except RuntimeError as e:
@@ -923,6 +927,39 @@ def _write_results(b: TraceBuilder, func, args, kwargs, written: dict[int, Var],
         target = _target(b, func, tensors[i])
         _check_leaf(target)
         write(b, target, new)
+
+
+_HOST_READS = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.equal.default}
+FOLD_NODES = 64  # the most nodes (and elements) computed to read a constant on the host
+
+
+def _constant_value(b: Builder, x) -> torch.Tensor | None:
+    """x's value when it depends on no input of the trace, neither argument nor captured tensor
+    (torch.cov makes its sample count a tensor and checks it on the host): computed from the
+    nodes that make it, which only a trace's shapes and Python numbers decide.  None otherwise."""
+    if not isinstance(x, Tracer) or x.numel() > FOLD_NODES:
+        return None
+    producers = {v: n for n in b.nodes for v in n.outs}
+    needed: set[int] = set()
+    todo = [x._var]
+    while todo:
+        node = producers.get(todo.pop())
+        if node is None:  # an input of the trace
+            return None
+        if id(node) not in needed:
+            needed.add(id(node))
+            todo.extend(node.inputs)
+            if len(needed) > FOLD_NODES:
+                return None
+    values: dict[Var, torch.Tensor] = {}
+    with _disable_current_modes():  # real tensors, not traced ones
+        for node in (n for n in b.nodes if id(n) in needed):
+            if node.inputs:
+                outs = node.prim.impl(*[values[v] for v in node.inputs], **node.params)
+            else:
+                outs = node.prim.impl(device=torch.device("cpu"), **node.params)  # read on the host anyway
+            values.update(zip(node.outs, outs if node.prim.multiple_results else (outs,)))
+    return values[x._var]
 
 
 def _refuse_data_dependence(control_flow: bool):
