@@ -373,6 +373,30 @@ def test_aliasing_of_captured_tensors_tritonfunc_cannot_follow_is_refused(backen
     assert_same(tritonfunc.jit(lambda x: (buf.add_(x), buf * 2)[1])(torch.ones(2, 3)), torch.full((2, 3), 2.0))
 
 
+def _write_through_one_read_the_other(m, through_view: bool):
+    """jvp inside vmap of a function that clones a vmapped tensor, writes through the clone or a
+    view of it, and returns both: the write is seen through the other (functorch's
+    TestVmapJvpInplaceView right_dual_base_prop and right_dual_view_prop)."""
+
+    def f(x, y):
+        x = x.clone()
+        view = x[0]
+        (view if through_view else x).copy_(y)
+        return view, x
+
+    x, y, t = make(2, 3, 4), make(2, 4, 3, seed=1), make(2, 4, 3, seed=2)
+    if through_view:
+        y, t = y[0], t[0]
+    inner = lambda x, y, t: m.jvp(lambda y: f(x, y), (y,), (t,))  # noqa: E731
+    return m.vmap(inner, in_dims=(1, -1, -1))(x, y, t)
+
+
+@pytest.mark.parametrize("through_view", [False, True], ids=["through_base", "through_view"])
+def test_a_deeper_trace_writes_an_enclosing_tensor_and_reads_its_view(backend, through_view):
+    got = _write_through_one_read_the_other(tritonfunc, through_view)
+    assert_same(got, _write_through_one_read_the_other(torch.func, through_view))
+
+
 def test_write_inside_a_nested_grad_to_a_tensor_an_outer_vmap_wrote(backend):
     for m in (tritonfunc, torch.func):
         buf = torch.zeros(3)

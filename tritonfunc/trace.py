@@ -93,7 +93,7 @@ class _Storage:
     """The memory behind a traced tensor and its views: the value in the layout the tensor was made
     with, bumped `version` on every write, and where it came from (for write-backs)."""
 
-    __slots__ = ("var", "version", "origin", "diff", "like")
+    __slots__ = ("var", "version", "origin", "diff", "like", "whole")
 
     def __init__(self, var: Var, origin=None, diff: bool = False):
         self.var = var
@@ -101,6 +101,7 @@ class _Storage:
         self.origin = origin  # None, an input position, or the captured tensor it stands for
         self.diff = diff  # an input being differentiated (torch: a leaf that requires grad)
         self.like: Var | None = None  # made by zeros_like(x) and friends: x's var (vmap's checks)
+        self.whole: Tracer | None = None  # a tracer of the whole storage, for deeper traces (_stand_in)
 
 
 @dataclass(frozen=True)
@@ -314,7 +315,7 @@ def _innermost_builder(args, kwargs) -> TraceBuilder:
     for deeper in reversed(trace_stack()):  # an enclosing trace's tensor a deeper trace wrote: that one's
         if deeper.level <= b.level:
             break
-        if any(id(t) in deeper.captured for t in tracers):
+        if any(_captures(deeper, t) for t in tracers):
             b = deeper
             break
     if not any(b is s for s in trace_stack()):
@@ -344,8 +345,8 @@ def _as_vars(b: TraceBuilder, tree):
         if isinstance(x, Tracer) and x._builder is b:
             return x._var
         if isinstance(x, torch.Tensor):
-            if id(x) in b.captured:
-                return b.captured[id(x)]._var
+            if _captures(b, x):
+                return _stand_in(b, x)._var
             for owner in reversed(trace_stack()):  # computed from captured tensors: its shadow
                 shadow = owner.shadow.get(id(x))
                 if shadow is not None and shadow[0] is x:
@@ -649,11 +650,35 @@ def _target(b: TraceBuilder, func, x: torch.Tensor) -> Tracer:
     return t
 
 
+def _whole(x: Tracer) -> Tracer:
+    """One tracer, of x's own trace, for the whole of x's storage: what a deeper trace captures for
+    every tensor sharing that storage, so that a write through one of them is seen by the others."""
+    storage = x._storage
+    if storage.whole is None:
+        storage.whole = Tracer(x._builder, storage.var, storage)
+        storage.whole._born = x._born
+    return storage.whole
+
+
+def _captures(b: TraceBuilder, x) -> bool:
+    """Whether trace b has a tracer standing for x (or for the storage x, an enclosing trace's tensor, shares)."""
+    if id(x) in b.captured:
+        return True
+    return isinstance(x, Tracer) and x._storage.whole is not None and id(x._storage.whole) in b.captured
+
+
 def _stand_in(b: TraceBuilder, x: torch.Tensor) -> Tracer:
     if isinstance(x, Tracer) and x._builder is b:
         return x
     if id(x) in b.captured:
         return b.captured[id(x)]
+    if isinstance(x, Tracer):  # an enclosing trace's tensor
+        whole = _whole(x)
+        if x is not whole:  # x as a view of the whole storage's stand-in
+            base = _stand_in(b, whole)
+            t = Tracer(b, _replay(b, base._storage.var, x._chain), base._storage, chain=x._chain)
+            b.captured[id(x)] = t
+            return t
     _check_real_dtype(x, "a captured tensor")
     memory = tensor_memory(x)
     for other in b.captured.values():
@@ -1288,7 +1313,9 @@ def trace(
         changed = t._storage.version > 0
         if changed or t._chain:
             writes.append(Write(i, changed, t._chain))
-    captured = [t for t in b.captured.values() if t._storage.origin is not None and t._storage.version > 0]
+    # one write-back per storage (the views of an enclosing trace's tensor share its stand-in's)
+    written = {id(t._storage): t for t in b.captured.values() if t._storage.origin is not None}
+    captured = [t for t in written.values() if t._storage.version > 0]
     writes += [Write(t._storage.origin, True) for t in captured]
     outputs += [t._storage.var for t in inputs if t._storage.version > 0]
     outputs += [t._storage.var for t in captured]
