@@ -221,6 +221,8 @@ OPS = {
     "rrelu_eval": lambda x: F.rrelu(x),
     "fresh_normal_": lambda x: torch.empty(4).normal_(),
     "randn_out": lambda x: torch.randn(4, out=torch.empty(4)),  # refused before it reaches ATen
+    "normal_out_captured": lambda x: torch.normal(_CAPTURED, _CAPTURED, out=torch.empty(4)),
+    "bernoulli_out_captured": lambda x: torch.bernoulli(_CAPTURED, out=torch.empty(4)),
     "rrelu_captured": lambda x: F.rrelu(_CAPTURED),  # no traced operand: refused all the same
 }
 _CAPTURED = torch.rand(4)
@@ -305,3 +307,19 @@ def test_jacobians_through_draws(backend):
     assert rows.shape == (4, 6, 6) and len(_rows(rows)) == 4
     check = lambda m: m.jacfwd(lambda a: F.dropout(a, 0.5))(x)  # noqa: E731  (error mode)
     assert_same_error(lambda: check(tritonfunc), lambda: check(torch.func))
+
+
+@pytest.mark.parametrize(
+    "draw",
+    [
+        lambda x, c: torch.normal(c, c, out=torch.empty(4)),  # its result was the unfilled tensor
+        lambda x, c: torch.normal(x, c, out=torch.empty(4)),
+        lambda x, c: torch.bernoulli(c, out=c.clone()),
+    ],
+    ids=["normal_captured", "normal_traced", "bernoulli"],
+)
+def test_a_draw_into_an_out_argument_is_refused(draw):
+    """tritonfunc does not write random draws into out= tensors: refused, naming the operator."""
+    c = torch.rand(4)
+    with pytest.raises(NotImplementedError, match=r"tritonfunc: aten\.\w+\.\w+ writes into its out= argument"):
+        tritonfunc.jit(lambda x: draw(x, c) + x)(torch.ones(4))

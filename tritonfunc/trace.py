@@ -1031,15 +1031,27 @@ class _FunctionWatch(TorchFunctionMode):
             raise RuntimeError(_REFUSED.format("retain_grad()", "retain_grad()"))
         elif func in _RANDOM_FUNCTIONS and any(t.api == "vmap" for t in trace_stack()):
             if func in _RANDOM_FACTORIES and (kwargs or {}).get("out") is not None:  # reaches ATen as resize_, fill
-                raise RuntimeError(
-                    "vmap: We do not support calling out variants of random operations inside of vmap. Please use "
-                    "non-out variants as a workaround"
-                )
+                raise RuntimeError(_RANDOM_OUT)
             if func in _RRELUS:  # even in eval mode
                 raise RuntimeError("vmap: we do not yet support aten::rrelu. Please file an issue")
         return func(*args, **(kwargs or {}))
 
 
+_RANDOM_OUT = (
+    "vmap: We do not support calling out variants of random operations inside of vmap. Please use non-out variants "
+    "as a workaround"
+)
+# The out= random overloads torch.func's vmap refuses (with _RANDOM_OUT) when no operand is batched.
+_RANDOM_OUTS = {
+    getattr(getattr(aten, name), overload)
+    for name, overloads in {
+        "bernoulli": ["out"],
+        "multinomial": ["out"],
+        "normal": ["float_Tensor_out", "Tensor_Tensor_out", "float_float_out"],
+        "rrelu_with_noise": ["out"],
+    }.items()
+    for overload in overloads
+}
 _RANDOM_FACTORIES = {torch.rand, torch.randn, torch.randint, torch.randperm}
 _RANDOM_FUNCTIONS = _RANDOM_FACTORIES | _RRELUS
 
@@ -1077,6 +1089,11 @@ class _TracingMode(TorchDispatchMode):
         leaves = pytree.tree_leaves((args, kwargs))
         if _on_meta(leaves, kwargs):  # shapes only: tritonfunc's own work, under an enclosing trace's mode
             return func(*args, **kwargs)
+        if random and _out_variant(func):
+            if func in _RANDOM_OUTS and any(t.api == "vmap" for t in trace_stack()):
+                if not any(isinstance(x, Tracer) for x in pytree.tree_leaves(args)):  # unbatched operands
+                    raise RuntimeError(_RANDOM_OUT)
+            raise NotImplementedError(f"tritonfunc: {func} writes into its out= argument, which is not supported")
         if random or factory:
             return self._draw_or_make(func, args, kwargs, random, leaves)
         if any(isinstance(x, Tracer) for x in leaves):
