@@ -969,7 +969,7 @@ def _constant_value(b: Builder, x) -> torch.Tensor | None:
     todo = [x._var]
     while todo:
         node = producers.get(todo.pop())
-        if node is None:  # an input of the trace
+        if node is None or node.prim.random:  # an input of the trace, or a draw the kernels make
             return None
         if id(node) not in needed:
             needed.add(id(node))
