@@ -1,7 +1,9 @@
 """Scatters, indexed updates and lookups (aten/scatter.py) against torch.func under jit, jvp, vjp, grad
 and vmap on both CPU backends; out-of-range indices raise torch's own errors; modes without a fused
-form run as torch calls.  Non-accumulating scatters use unique indices (torch leaves duplicates
-undefined)."""
+form run as torch calls.  A non-accumulating scatter or index_put of several values is fused
+when its indices are made inside the function and do not repeat; where they may repeat (captured,
+computed or repeated indices) it is torch's own call, which writes the last value (CPU) and gives
+each repeat the position's gradient, as torch.func does."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ DUPLICATES = torch.tensor([[0, 1, 2, 3, 0], [1, 2, 3, 0, 1], [0, 2, 1, 3, 3]])  
 UNIQUE = torch.tensor([[0, 1, 2, 3, 0], [1, 2, 3, 0, 1]])
 
 SCATTERS = [
-    ("scatter", lambda x, s: x.scatter(0, UNIQUE, s[:2])),
+    ("scatter", lambda x, s: x.scatter(0, torch.tensor([[0, 1, 2, 3, 0], [1, 2, 3, 0, 1]]), s[:2])),
     ("scatter_dim1_partial", lambda x, s: x.scatter(1, torch.tensor([[4, 0], [2, 3], [1, 0]]), s[:, :2])),
     ("scatter_src_larger", lambda x, s: x.scatter(1, torch.tensor([[4, 0], [2, 3]]), s[:2, :2])),
     ("scatter_value", lambda x, s: x.scatter(0, UNIQUE, 2.5) * s[0]),
@@ -73,9 +75,31 @@ def test_scatter_reduce_without_self_ignores_an_equal_self(backend):
 
 def test_scatter_traced_index(backend):
     """An index computed inside the function (and batched under vmap) selects as a captured one does."""
-    f = lambda x, s, i: x.scatter(0, i[:2], s[:2]).scatter_add(0, i, s)  # noqa: E731
+    f = lambda x, s, i: x.scatter_add(0, i, s).scatter(0, i[:1], s[:1])  # noqa: E731
     check_op(f, X, SRC, DUPLICATES, diff=(0, 1))
     check_op(f, X, SRC, DUPLICATES, diff=(0, 1), batch=2, jvp=False)
+
+
+REPEATS = [  # torch writes the last of the repeated values (CPU): a sum of them was returned before
+    ("scatter_captured", lambda x, s: x.scatter(0, DUPLICATES, s)),
+    ("scatter_repeated", lambda x, s: x.scatter(0, torch.tensor([[0, 1, 2, 3, 0], [0, 2, 2, 3, 1]]), s[:2])),
+    ("scatter_captured_unique", lambda x, s: x.scatter(0, UNIQUE, s[:2])),
+    ("index_put_repeated", lambda x, s: x.index_put((torch.tensor([1, 3, 1]),), s)),
+    ("index_put_captured", lambda x, s: x.index_put((UNIQUE[0, :3],), s)),
+    ("index_put_2d_repeated", lambda x, s: x.index_put((torch.tensor([0, 2, 0]), torch.tensor([1, 4, 1])), s[0, :3])),
+]
+
+
+@pytest.mark.parametrize("f", [pytest.param(f, id=n) for n, f in REPEATS])
+def test_writes_whose_indices_may_repeat_are_torch_calls(backend, f):
+    check_op(f, X, SRC, fused=False)
+    assert opaque_ops(f, X, SRC) in (["aten.scatter.src"], ["aten.index_put.default"])
+
+
+def test_one_value_written_at_repeated_indices_is_fused(backend):
+    """x[idx] = 0.5: the same value however often an index repeats."""
+    check_op(lambda x, s: _setitem(x * s[0], torch.tensor([1, 3, 1]), 0.5), X, SRC)
+    check_op(lambda x, s: x.scatter(0, DUPLICATES, 2.5) * s[0], X, SRC)
 
 
 INDEXED = [

@@ -5,8 +5,10 @@ Each output position compares itself with every index (an iota against the broad
 the values whose index hits it and counts the hits; then out = x where nothing hit, else the
 reduction of what was written there.  The work is (indices x positions) along the indexed axis,
 which suits the small index sets of model code, and every derivative is a select of the same form.
-Where torch's result is undefined (duplicate indices in a plain scatter or index_put) the written
-values are summed.  Ops or modes without a fused form here run as torch calls (fallback.py).
+A plain scatter or index_put of several values whose indices may repeat runs as torch's own call:
+torch writes one of the repeated values (the last, on the CPU) and its derivative hands the
+gradient of that position to each of them, which a sum of the hits cannot give.  Ops or modes
+without a fused form here run as torch calls (fallback.py).
 
 Out-of-range indices raise torch's own error when they are known while tracing (a captured tensor);
 an index computed inside the function cannot be checked, and then hits nothing.
@@ -132,8 +134,11 @@ def _scalar_rank(lower):
 def _scatter(b, out, x, dim, index, src):
     if index.numel == 0:
         return b.copy(x)
+    d = dim % len(x.shape)
+    if isinstance(src, Var) and _scatter_may_repeat(b, index, d):  # torch's choice among repeats
+        return fallback.emit_aten(aten.scatter.src, (x, dim, index, src), {}, out)
     s = _Scatter(b, x, dim, index, src)
-    return s.place(s.total)
+    return s.place(s.total if isinstance(src, Var) else b.full(src, x.dtype, s.region))
 
 
 @lowers(aten.scatter_add)
@@ -226,11 +231,63 @@ def _index_put(b, out, x, indices, values, accumulate=False):
     masked = _mask_put(b, x, indices, values, accumulate)
     if masked is not None:
         return masked
-    parts = _index_put_parts(b, x, indices, values)
+    # One value written however many times an index repeats: exact, when no derivative flows to it
+    # (torch's would count each repeat).
+    one_value = values.numel == 1 and _fixed(b, values)
+    if not accumulate and not one_value and _may_repeat(b, x, indices):  # torch's choice among repeats
+        return fallback.emit_aten(aten.index_put.default, (x, indices, values, accumulate), {}, out)
+    parts = _index_put_parts(b, x, indices, b.reshape(values, ()) if one_value and not accumulate else values)
     if parts is None:  # index tensors apart, or a mask selecting several values
         return fallback.emit_aten(aten.index_put.default, (x, indices, values, accumulate), {}, out)
     total, count = parts
-    return x + total if accumulate else b.where(_written(count), total, x)
+    if accumulate:
+        return x + total
+    if one_value:  # every write is the same value, however many land on one place
+        return b.where(_written(count), b.broadcast_to(b.cast(b.reshape(values, ()), x.dtype), x.shape), x)
+    return b.where(_written(count), total, x)
+
+
+def _fixed(b: Builder, v: Var) -> bool:
+    """Whether v is a captured (or lifted: `x[i] = 0.0`) tensor that does not require grad."""
+    return any(var is v and not value.requires_grad for value, var in zip(b.const_values, b.const_vars.values()))
+
+
+def _made(b: Builder, v: Var) -> torch.Tensor | None:
+    """v's value when the function made it from Python data (`torch.tensor([0, 2])` inside it): fixed
+    by its code, unlike a captured tensor's, which is read anew at each call."""
+    local = getattr(b, "local", None)
+    if not local:
+        return None
+    return next((local[key] for key, var in b.const_vars.items() if var is v and key in local), None)
+
+
+def _scatter_may_repeat(b: Builder, index: Var, d: int) -> bool:
+    """Whether two entries of index along d (the others fixed) may be equal."""
+    if index.shape[d] <= 1:
+        return False
+    known = _made(b, index)
+    if known is None:
+        return True
+    ordered = known.sort(dim=d).values
+    n = index.shape[d]
+    return bool((ordered.narrow(d, 1, n - 1) == ordered.narrow(d, 0, n - 1)).any())
+
+
+def _may_repeat(b: Builder, x: Var, indices) -> bool:
+    """Whether x[indices] may name one element twice."""
+    positions = [d for d, i in enumerate(indices) if i is not None]
+    if not positions or any(indices[d].dtype == torch.bool for d in positions):
+        return True
+    shape = torch.broadcast_shapes(*[indices[d].shape for d in positions])
+    if torch.Size(shape).numel() <= 1:
+        return False
+    known = [_made(b, indices[d]) for d in positions]
+    if any(k is None for k in known):
+        return True
+    key = torch.zeros(shape, dtype=torch.int64)
+    for d, k in zip(positions, known):  # the element's offset among the indexed axes
+        key = key * x.shape[d] + torch.where(k < 0, k + x.shape[d], k).expand(shape)
+    return key.flatten().unique().numel() < key.numel()
 
 
 def _along(dim: int, index: Var, rank: int) -> list:
