@@ -41,6 +41,8 @@ OPAQUE_CASES = [
     ("logcumsumexp", lambda x: torch.logcumsumexp(x * 2, 1).sum(), (make(3, 5),)),
     ("kthvalue", lambda x: torch.kthvalue(x, 2, dim=1).values.pow(2).sum(), (make(4, 5),)),
     ("linalg_inv", linalg_mix, (make(3, 3),)),
+    # torch's reference leaves a 0-d operand unbroadcast, as a CPU scalar (functorch's OpInfo fmax)
+    ("fmax_0d", lambda x, s: torch.fmax(x.sin(), s * 2).sum(), (make(3, 5), make(seed=2))),
 ]
 
 

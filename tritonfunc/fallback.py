@@ -247,6 +247,10 @@ def aten_prim(func, seeded: bool = False, written: tuple[int, ...] = ()) -> Prim
                 outs = run(metas, call)
             except NotImplementedError:  # no meta kernel (binomial): small real tensors tell the shapes
                 outs = run(_stand_ins(metas), call)
+            except RuntimeError:  # a prim that takes a 0-d operand beside larger ones only as a CPU scalar
+                if not any(m.dim() == 0 for m in metas) or all(m.dim() == 0 for m in metas):
+                    raise
+                outs = run([torch.empty((), dtype=m.dtype) if m.dim() == 0 else m for m in metas], call)
         return [(tuple(x.shape), x.dtype) for x in outs]
 
     random = torch.Tag.nondeterministic_seeded in func.tags

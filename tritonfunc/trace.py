@@ -332,6 +332,21 @@ def _to_meta(x):
     return x
 
 
+def _shape_stand_ins(args, kwargs):
+    """(args, kwargs) on meta tensors, for an op's output shape.  A 0-d CPU tensor beside larger
+    ones stays a CPU scalar: torch's references leave those unbroadcast (torch.fmax(x, 0-d)), and
+    the prims' shape checks accept them only as CPU scalars."""
+    leaves = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
+    keep = any(x.dim() > 0 for x in leaves)
+
+    def stand_in(x):
+        if keep and isinstance(x, torch.Tensor) and x.dim() == 0 and x.device.type == "cpu":
+            return torch.empty((), dtype=x.dtype)
+        return _to_meta(x)
+
+    return pytree.tree_map(stand_in, (args, kwargs))
+
+
 def _check_real_dtype(t: torch.Tensor | Var, what: str) -> None:
     if t.dtype.is_complex:
         raise NotImplementedError(f"tritonfunc: complex tensors are not supported ({what} has dtype {t.dtype})")
@@ -436,11 +451,11 @@ def _dispatch(func, args, kwargs):
         finally:
             decomposing.discard(func)
         del b.nodes[mark:]
-    meta_kwargs = pytree.tree_map(_to_meta, kwargs)
+    meta_args, meta_kwargs = _shape_stand_ins(args, kwargs)
     if "device" in kwargs:  # x.to(dtype, device=x.device), as torch.softmax(x, dtype=...) calls it
         meta_kwargs["device"] = "meta"
     try:
-        out_meta = func(*pytree.tree_map(_to_meta, args), **meta_kwargs)
+        out_meta = func(*meta_args, **meta_kwargs)
     except NotImplementedError as e:  # e.g. boolean-mask indexing: its shape depends on the values
         raise _askable(
             NotImplementedError(
