@@ -5,7 +5,8 @@ boolean arithmetic, exact logarithms, floor division of floats, norms at zero, a
 import pytest
 import torch
 import torch.func
-from autodiff_helpers import assert_same
+from autodiff_helpers import assert_same, make
+from helpers import check
 
 import tritonfunc
 
@@ -152,3 +153,15 @@ def test_complex_values_are_refused_with_their_dtype(backend, f, x):
         tritonfunc.jit(f)(x)
     with pytest.raises(NotImplementedError, match="tritonfunc: complex"):
         tritonfunc.vmap(f)(x[None].expand(3, *x.shape))
+
+
+@pytest.mark.parametrize(
+    "f",
+    [lambda x: torch.softmax(x[:, :0], -1), lambda x: x[:, :0].sum(1) + x.sum(1), lambda x: x[:0].logsumexp(0)],
+    ids=["softmax", "sum_then_add", "logsumexp"],
+)
+def test_reductions_over_an_empty_axis(backend, f):
+    """Over a zero-size axis: torch's results (the reduction's identity; empty softmax rows)."""
+    x = make(3, 4)
+    check(f, x)
+    assert_same(tritonfunc.vmap(f)(torch.stack([x, x * 2])), torch.func.vmap(f)(torch.stack([x, x * 2])))

@@ -84,6 +84,7 @@ CASES = [
     ("vmap_views_of_views", _written(lambda m, x, y: _write_through_views(m, x))),
     ("vmap_unsqueeze_", _written(lambda m, x, y: (m.vmap(lambda a: a.unsqueeze_(0))(x).shape, x.shape))),
     ("vmap_t_in_dims_1", _written(lambda m, x, y: (m.vmap(lambda a: a.unsqueeze_(0), in_dims=1)(x).shape, x.shape))),
+    ("vmap_transpose_", _written(lambda m, x, y: m.vmap(lambda a: a.clone().unsqueeze(0).transpose_(0, 1))(x))),
     ("grad_undifferentiated_input", _written(lambda m, x, y: m.grad(lambda a, b: b.mul_(a).sum())(x, y))),
     (
         "grad_view_of_undifferentiated",

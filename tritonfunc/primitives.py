@@ -674,10 +674,13 @@ def highest(dtype):
     return math.inf if dtype.is_floating_point else (True if dtype == torch.bool else torch.iinfo(dtype).max)
 
 
-def _torch_reduce(fn):
+def _torch_reduce(fn, identity):
     def impl(x, *, axes):
         if not axes:
             return x.clone()
+        if any(x.shape[a] == 0 for a in axes):  # nothing reduced: the identity (torch's amax refuses)
+            shape, _ = _reduce_shape((x.shape, x.dtype), axes=axes)
+            return torch.full(shape, identity(x.dtype), dtype=x.dtype, device=x.device)
         return fn(x, axes)
 
     return impl
@@ -690,7 +693,7 @@ def _prod(x, axes):
 
 
 def _reduction(name, torch_fn, identity) -> Primitive:
-    p = register(Primitive(name, "reduction", _reduce_shape, _torch_reduce(torch_fn), identity=identity))
+    p = register(Primitive(name, "reduction", _reduce_shape, _torch_reduce(torch_fn, identity), identity=identity))
     p.batch = lambda xs, bt, size, *, axes: p(xs[0], axes=_shift(axes))
     return p
 

@@ -332,12 +332,12 @@ def _to_meta(x):
     return x
 
 
-def _shape_stand_ins(args, kwargs):
-    """(args, kwargs) on meta tensors, for an op's output shape.  A 0-d CPU tensor beside larger
-    ones stays a CPU scalar: torch's references leave those unbroadcast (torch.fmax(x, 0-d)), and
-    the prims' shape checks accept them only as CPU scalars."""
+def _shape_stand_ins(func, args, kwargs):
+    """(args, kwargs) on meta tensors, for an op's output shape.  For a prim, a 0-d CPU tensor
+    beside larger ones stays a CPU scalar: torch's references leave those unbroadcast
+    (torch.fmax(x, 0-d)), and the prims' shape checks accept them only as CPU scalars."""
     leaves = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
-    keep = any(x.dim() > 0 for x in leaves)
+    keep = func.namespace == "prims" and any(x.dim() > 0 for x in leaves)
 
     def stand_in(x):
         if keep and isinstance(x, torch.Tensor) and x.dim() == 0 and x.device.type == "cpu":
@@ -451,7 +451,7 @@ def _dispatch(func, args, kwargs):
         finally:
             decomposing.discard(func)
         del b.nodes[mark:]
-    meta_args, meta_kwargs = _shape_stand_ins(args, kwargs)
+    meta_args, meta_kwargs = _shape_stand_ins(func, args, kwargs)
     if "device" in kwargs:  # x.to(dtype, device=x.device), as torch.softmax(x, dtype=...) calls it
         meta_kwargs["device"] = "meta"
     try:
@@ -939,7 +939,9 @@ def _unslice(b: Builder, base: Var, new: Var, dim: int, start, end, step: int) -
 def _metadata_inplace(b: TraceBuilder, func, target: Tracer, args, kwargs) -> Tracer:
     """x.t_(), x.unsqueeze_(0), ...: x becomes that view of its storage, and its shape changes."""
     name = func.overloadpacket.__name__
-    view = getattr(getattr(aten, name[:-1], None), func._overloadname, None)
+    packet = getattr(aten, name[:-1], None)
+    # the view of the same overload (transpose_.default's is transpose.int)
+    view = next((getattr(packet, o, None) for o in (func._overloadname, "int") if hasattr(packet, o)), None)
     if view is None or lowering_for(view) is None:
         raise NotImplementedError(f"tritonfunc: in-place operator {func} is not supported")
     _check_leaf(target)
