@@ -165,3 +165,17 @@ def test_reductions_over_an_empty_axis(backend, f):
     x = make(3, 4)
     check(f, x)
     assert_same(tritonfunc.vmap(f)(torch.stack([x, x * 2])), torch.func.vmap(f)(torch.stack([x, x * 2])))
+
+
+@pytest.mark.parametrize(
+    "shape, pad", [((2, 0, 3, 3), (1, 1, 1, 1, 1, 1)), ((0, 3), (1, 1, 1, 1)), ((2, 2, 0), (1, 2))], ids=str
+)
+def test_padding_an_empty_axis_gives_the_fill(backend, shape, pad):
+    """Padding makes elements out of none: only the fill, and no kernel reads the empty operand (the
+    interpreter crashed reading it; functorch's OpInfo constant_pad_nd)."""
+    f = lambda x, s: torch.nn.functional.pad(x, pad, value=1.5) * s  # noqa: E731
+    x, s = torch.zeros(shape, dtype=torch.float64), make(seed=3)
+    check(f, x, s)
+    assert_same(tritonfunc.grad(lambda s: f(x, s).sum())(s), torch.func.grad(lambda s: f(x, s).sum())(s))
+    batch = torch.stack([x, x])
+    assert_same(tritonfunc.vmap(f, in_dims=(0, None))(batch, s), torch.func.vmap(f, in_dims=(0, None))(batch, s))

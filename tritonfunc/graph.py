@@ -312,6 +312,10 @@ class Builder:
         """Appends prim(inputs) and returns its output var (a tuple for multi-output primitives)."""
         avals = prim.shape_rule(*[(v.shape, v.dtype) for v in inputs], **params)
         multi = prim.multiple_results
+        if prim.kind == "view" and inputs and inputs[0].numel == 0 and not multi and 0 not in avals[0]:
+            # a view that makes elements out of none (pad of an empty axis) holds only its fill,
+            # and no kernel may read the empty operand
+            return self.full(0, avals[1], avals[0])
         outs = tuple(Var(s, d) for s, d in avals) if multi else (Var(*avals),)
         if self.track_grad_mode and not torch.is_grad_enabled():
             no_grad = True
