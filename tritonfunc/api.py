@@ -159,7 +159,7 @@ def _transform(name: str, params: tuple, func: Callable, impl: Callable) -> Call
         if not trace_stack() and (torch.compiler.is_compiling() or library.graph_tracing()):  # one op (library.py)
             if kwargs:
                 raise NotImplementedError("tritonfunc: under torch.compile, pass a transform's arguments by position")
-            return compiled(*args)
+            return library.compiled_entry(token, *args)
         return cache.call(wrapper, impl, args, kwargs)
 
     if torch.compiler.is_compiling() and not trace_stack():
@@ -167,7 +167,7 @@ def _transform(name: str, params: tuple, func: Callable, impl: Callable) -> Call
             "tritonfunc: create tritonfunc transforms outside the function torch.compile compiles (e.g. "
             "`step = tritonfunc.vmap(tritonfunc.grad(loss))` first), then call them inside it"
         )
-    compiled = torch.compiler.allow_in_graph(lambda *args: library.compiled_call(wrapper, impl, args))
+    token = library.enroll(wrapper, impl)  # what a compiled graph names the transform by
     _named_like(wrapper, func)
     setattr(wrapper, RECIPE, (name, repr(params), func))  # repr: hashable, whatever the user passed
     return wrapper

@@ -86,9 +86,11 @@ class Call:
 def needs_autograd(inputs: list[torch.Tensor]) -> bool:
     """Whether running a graph on these inputs must be recorded: grad mode on and an input that
     requires grad, or an input of an enclosing torch.func transform."""
-    if any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in inputs):
-        return True
-    return torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    for t in inputs:
+        if wrapped(t) or (t.requires_grad and torch.is_grad_enabled()):
+            return True
+    return False
 
 
 def run(call: Call, inputs: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import weakref
 
 import torch
 from torch.utils import _pytree as pytree
@@ -89,6 +90,8 @@ def graph_tracing() -> bool:
     """Whether a tracer of torch's own is recording the ops run now (make_fx's proxy mode, a fake
     tensor mode, functionalization's mode): a transform's call is then one `tritonfunc::call` op,
     which it records and can run again, rather than the kernels' internals."""
+    if not torch._C._len_torch_dispatch_stack():  # the common case, at every call: no mode at all
+        return False
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch._subclasses.functional_tensor import FunctionalTensorMode
     from torch.fx.experimental.proxy_tensor import ProxyTorchDispatchMode
@@ -100,6 +103,31 @@ def graph_tracing() -> bool:
 def record(graph: Graph, inputs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """A graph run (vjp_fn's, linearize's jvp_fn's) as one `tritonfunc::call` op, under graph_tracing."""
     return list(call_op(_register(graph, device), inputs))
+
+
+# The transforms' wrappers by token, held weakly: a wrapper built at every step of a loop costs one
+# counter step here (marking a new function for Dynamo at each construction cost ~55 us and grew
+# Dynamo's tables without bound).
+_wrappers: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_tokens = itertools.count()
+
+
+def enroll(wrapper, impl) -> int:
+    """A token for `wrapper` (whose body is `impl`), for compiled_entry."""
+    token = next(_tokens)
+    wrapper._tritonfunc_impl = impl
+    _wrappers[token] = wrapper
+    return token
+
+
+@torch.compiler.allow_in_graph
+def compiled_entry(token: int, *args):
+    """What Dynamo leaves in a compiled graph for a transform's call: the transform by its token (a
+    constant of the graph) and the call's arguments."""
+    wrapper = _wrappers.get(token)
+    if wrapper is None:
+        raise RuntimeError("tritonfunc: the transform this compiled function calls no longer exists; keep it alive")
+    return compiled_call(wrapper, wrapper._tritonfunc_impl, args)
 
 
 def compiled_call(wrapper, impl, args: tuple):
