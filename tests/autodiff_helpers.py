@@ -40,6 +40,18 @@ def random_like(tree, seed: int):
 assert_same = functools.partial(helpers.assert_same, tolerances=TOLERANCES)
 
 
+def in_argnums(f, args: tuple, argnums: tuple):
+    """f as a function of args[argnums] only, the other arguments fixed."""
+
+    def g(*diff):
+        full = list(args)
+        for i, x in zip(argnums, diff):
+            full[i] = x
+        return f(*full)
+
+    return g
+
+
 def check_transforms(f, *args, argnums=None, seed: int = 0, rtol=None, atol=None):
     """Compares tritonfunc's jvp, vjp and (scalar outputs) grad of `f` at `args` with torch.func's.
 
@@ -51,12 +63,7 @@ def check_transforms(f, *args, argnums=None, seed: int = 0, rtol=None, atol=None
         argnums = tuple(i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.is_floating_point())
     argnums = tuple(argnums)
     primals = tuple(args[i] for i in argnums)
-
-    def g(*diff):
-        full = list(args)
-        for i, x in zip(argnums, diff):
-            full[i] = x
-        return f(*full)
+    g = in_argnums(f, args, argnums)
 
     tol = {"rtol": rtol, "atol": atol}
 

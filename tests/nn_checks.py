@@ -76,13 +76,7 @@ def check_reverse(f, *args, argnums):
     import tritonfunc
 
     primals = tuple(args[i] for i in argnums)
-
-    def g(*diff):
-        full = list(args)
-        for i, x in zip(argnums, diff):
-            full[i] = x
-        return f(*full)
-
+    g = autodiff_helpers.in_argnums(f, args, argnums)
     want_out, want_fn = torch.func.vjp(g, *primals)
     got_out, got_fn = tritonfunc.vjp(g, *primals)
     autodiff_helpers.assert_same(got_out, want_out, "vjp primal output")
