@@ -179,3 +179,22 @@ def test_padding_an_empty_axis_gives_the_fill(backend, shape, pad):
     assert_same(tritonfunc.grad(lambda s: f(x, s).sum())(s), torch.func.grad(lambda s: f(x, s).sum())(s))
     batch = torch.stack([x, x])
     assert_same(tritonfunc.vmap(f, in_dims=(0, None))(batch, s), torch.func.vmap(f, in_dims=(0, None))(batch, s))
+
+
+@pytest.mark.parametrize(
+    "f, shapes",
+    [
+        (lambda x: torch.argsort(x * 2), [(2, 0)]),
+        (lambda x: torch.cumprod(x.sin(), 0), [(0,)]),
+        (lambda x, y: torch.fmax(x, y.exp()), [(0, 1, 3), (0, 10, 3)]),
+        (lambda x: torch.frexp(x + 1)[0], [(1, 0, 3)]),
+    ],
+    ids=["argsort", "cumprod", "fmax", "frexp"],
+)
+def test_a_torch_call_on_an_empty_intermediate(backend, f, shapes):
+    """No kernel computes an empty value, and a torch call reading one got a bare KeyError (the
+    interpreter, functorch's OpInfo argsort/cumprod/fmax/frexp): it gets an empty tensor."""
+    args = [make(*s) for s in shapes]
+    check(f, *args)
+    batched = [torch.stack([a, a]) for a in args]
+    assert_same(tritonfunc.vmap(f)(*batched), torch.func.vmap(f)(*batched))

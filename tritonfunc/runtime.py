@@ -369,6 +369,11 @@ class Executable:
                 slot.setdefault(v, len(slot))
         for v in graph.outputs:  # zero-size outputs: no step computes them
             slot.setdefault(v, len(slot))
+        # zero-size values a step reads (a torch call on an empty tensor): no step computes them either
+        unmade = [v for step in program.steps for v in step.inputs if v not in slot]
+        for v in unmade:
+            slot.setdefault(v, len(slot))
+        self.empties = [(slot[v], v.shape, v.dtype) for v in dict.fromkeys(unmade)]
         self.num_slots = len(slot)
         self.num_inputs = len(graph.inputs)
         keep = set(graph.outputs) | set(graph.inputs)
@@ -397,6 +402,8 @@ class Executable:
         device = inputs[0].device if inputs else torch.device("cpu")
         records = _recorders()
         stream = None if self.interpret or device.type != "cuda" else torch.cuda.current_stream(device).cuda_stream
+        for k, shape, dtype in self.empties:
+            env[k] = torch.empty(shape, dtype=dtype, device=device)
         for i, (kind, what, ks, reads, writes, dead) in enumerate(self.steps):
             start = time.perf_counter() if records else 0.0
             if kind == "kernel":
