@@ -229,3 +229,23 @@ def test_scatter_multiply_runs_as_a_torch_call(backend):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotFusedWarning)
         check_op(f, X, SRC, fused=False, diff=(), batch=0)
+
+
+@pytest.mark.parametrize(
+    "f, op",
+    [
+        (lambda w, i: F.embedding(i, w) * 2, "aten.embedding.default"),
+        (lambda w, i: w[i].sin(), "aten.index.Tensor"),
+        (lambda w, i: w.gather(0, i[:, None].expand(-1, 64)).sin(), "aten.gather.default"),
+    ],
+    ids=["embedding", "index", "gather"],
+)
+def test_many_lookups_in_a_large_table_are_torch_calls(backend, f, op):
+    """A one-hot select would compare each of 2048 indices with all 5000 rows: torch's own lookup
+    instead, with torch.func's derivatives; small tables (above) and one pick per row stay fused."""
+    w, i = (
+        make(5000, 64, dtype=torch.float32),
+        torch.randint(0, 5000, (2048,), generator=torch.Generator().manual_seed(0)),
+    )
+    assert opaque_ops(f, w, i) == [op]
+    check_op(f, w, i, fused=False, vmap=False, jvp=False)

@@ -22,6 +22,7 @@ from .. import fallback
 from .. import primitives as P
 from ..graph import Builder, Var
 from . import aten, lowers
+from .shapes import one_hot_too_wide
 
 
 def check_range(b: Builder, idx: Var, size: int, error: type, message: str, negative_ok: bool) -> None:
@@ -338,6 +339,9 @@ def _embedding(b, out, weight, indices, padding_idx=-1, scale_grad_by_freq=False
     rows = weight.shape[0]
     check_range(b, indices, rows, IndexError, "index out of range in self", negative_ok=False)
     full = (*indices.shape, rows, weight.shape[1])
+    if one_hot_too_wide(full, weight):  # a large vocabulary: torch's lookup by address
+        args = (weight, indices, padding_idx, scale_grad_by_freq, sparse)
+        return fallback.emit_aten(aten.embedding.default, args, {}, out)
     rank = len(indices.shape)
     hit = _hits(b, indices, rank, full, range(rank))
     table = b.broadcast_in_dim(weight, shape=full, dims=(rank, rank + 1))

@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from .. import fallback
 from .. import primitives as P
 from ..graph import Builder, Var
 from . import aten, lowers, prims_ops
@@ -107,6 +108,19 @@ def _check_index_range(idx: Var, size: int, builder: Builder) -> None:
             raise IndexError(f"index {bad} is out of bounds for dimension with size {size}")
 
 
+# A one-hot select compares every index with every position along the indexed axis.  Where each
+# table element meets few indices (cross-entropy's pick of one class per row) that costs what
+# reading the table costs; where many indices meet a large table (a 50K-word embedding looked up
+# by thousands of tokens) it is a cliff.  There the op is torch's own call, which loads by address.
+ONE_HOT_LIMIT = 1 << 24  # comparisons
+ONE_HOT_REUSE = 64  # comparisons per table element
+
+
+def one_hot_too_wide(full_shape, table: Var) -> bool:
+    work = math.prod(full_shape)
+    return work > ONE_HOT_LIMIT and work > ONE_HOT_REUSE * max(table.numel, 1)
+
+
 def _one_hot_pick(b: Builder, x: Var, axis: int, idx: Var, full_shape, x_dims, idx_dims) -> Var:
     """sum_k where(k == idx, x, 0) over `axis` of `full_shape`."""
     size = full_shape[axis]
@@ -135,6 +149,8 @@ def _index(b, out, x, indices):
     pre, post, n = x.shape[:first], x.shape[last + 1 :], len(idx_shape)
     picked_axes = tuple(range(len(pre) + n, len(pre) + n + len(positions)))
     full_shape = (*pre, *idx_shape, *[x.shape[d] for d in positions], *post)
+    if one_hot_too_wide(full_shape, x):
+        return fallback.emit_aten(aten.index.Tensor, (x, indices), {}, out)
     x_dims = (*range(len(pre)), *picked_axes, *range(picked_axes[-1] + 1, len(full_shape)))
     xb = b.broadcast_in_dim(x, shape=full_shape, dims=x_dims)
     hit = None
@@ -162,6 +178,8 @@ def _gather(b, out, x, dim, idx, *, sparse_grad=False):
         )
     rank = len(idx.shape)
     full_shape = (*idx.shape, x.shape[dim])
+    if one_hot_too_wide(full_shape, x):
+        return fallback.emit_aten(aten.gather.default, (x, dim, idx), {"sparse_grad": sparse_grad}, out)
     x_dims = tuple(rank if k == dim else k for k in range(rank))
     return _one_hot_pick(b, x, rank, idx, full_shape, x_dims, tuple(range(rank)))
 
