@@ -339,6 +339,13 @@ class Builder:
             self.const_values.append(t)
         return self.const_vars[id(t)]
 
+    def const_value(self, v: Var) -> torch.Tensor | Seed | None:
+        """The captured tensor (or seed) the constant var v stands for; None for any other var."""
+        for value, var in zip(self.const_values, self.const_vars.values()):
+            if var is v:
+                return value
+        return None
+
     def seed(self, seed: Seed | None = None) -> Var:
         """A seed input (an int64 scalar drawn at each run of the graph)."""
         seed = seed if seed is not None else Seed()

@@ -22,16 +22,7 @@ from .. import fallback
 from .. import primitives as P
 from ..graph import Builder, Var
 from . import aten, lowers
-from .shapes import one_hot_too_wide
-
-
-def check_range(b: Builder, idx: Var, size: int, error: type, message: str, negative_ok: bool) -> None:
-    """Raises `error(message)` (formatted with the bad `index`) for a captured index out of range."""
-    for value, var in zip(b.const_values, b.const_vars.values()):
-        if var is idx and value.numel():
-            bad = (value >= size) | (value < (-size if negative_ok else 0))
-            if bad.any():
-                raise error(message.format(index=value[bad].flatten()[0].item()))
+from .shapes import check_range, one_hot_too_wide
 
 
 def _wrapped(b: Builder, idx: Var, size: int) -> Var:
@@ -250,16 +241,16 @@ def _index_put(b, out, x, indices, values, accumulate=False):
 
 def _fixed(b: Builder, v: Var) -> bool:
     """Whether v is a captured (or lifted: `x[i] = 0.0`) tensor that does not require grad."""
-    return any(var is v and not value.requires_grad for value, var in zip(b.const_values, b.const_vars.values()))
+    value = b.const_value(v)
+    return isinstance(value, torch.Tensor) and not value.requires_grad
 
 
 def _made(b: Builder, v: Var) -> torch.Tensor | None:
     """v's value when the function made it from Python data (`torch.tensor([0, 2])` inside it): fixed
     by its code, unlike a captured tensor's, which is read anew at each call."""
-    local = getattr(b, "local", None)
-    if not local:
-        return None
-    return next((local[key] for key, var in b.const_vars.items() if var is v and key in local), None)
+    value = b.const_value(v)
+    local = getattr(b, "local", {})
+    return value if isinstance(value, torch.Tensor) and local.get(id(value)) is value else None
 
 
 def _scatter_may_repeat(b: Builder, index: Var, d: int) -> bool:

@@ -100,12 +100,19 @@ def _cat(b, out, tensors, dim=0):
 # -- gathers, as a one-hot select and a sum over the indexed axis (no data-dependent addresses) ------
 
 
-def _check_index_range(idx: Var, size: int, builder: Builder) -> None:
-    """Out-of-range indices raise as in torch when they are known (a captured tensor)."""
-    for value, var in zip(builder.const_values, builder.const_vars.values()):
-        if var is idx and value.numel() and ((value >= size) | (value < -size)).any():
-            bad = value[(value >= size) | (value < -size)].flatten()[0].item()
-            raise IndexError(f"index {bad} is out of bounds for dimension with size {size}")
+def check_range(b: Builder, idx: Var, size: int, error: type, message: str, negative_ok: bool) -> None:
+    """Raises `error(message)` (formatted with the bad `index`) for a captured index out of range:
+    out-of-range indices raise as in torch when they are known."""
+    value = b.const_value(idx)
+    if isinstance(value, torch.Tensor) and value.numel():
+        bad = (value >= size) | (value < (-size if negative_ok else 0))
+        if bad.any():
+            raise error(message.format(index=value[bad].flatten()[0].item()))
+
+
+def _check_index_range(idx: Var, size: int, b: Builder) -> None:
+    message = f"index {{index}} is out of bounds for dimension with size {size}"
+    check_range(b, idx, size, IndexError, message, negative_ok=True)
 
 
 # A one-hot select compares every index with every position along the indexed axis.  Where each
