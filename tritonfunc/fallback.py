@@ -242,15 +242,15 @@ def aten_prim(func, seeded: bool = False, written: tuple[int, ...] = ()) -> Prim
     def shape_rule(*avals, call: Call):
         # Outside any trace's dispatch mode: these are real meta tensors, not traced factories.
         with _disable_current_modes():
-            metas = [torch.empty(s, dtype=d, device="meta") for s, d in avals]
+            scalars = cpu_scalar_operands(func, [s for s, _ in avals])
+            metas = [
+                torch.empty((), dtype=d) if scalars and not s else torch.empty(s, dtype=d, device="meta")
+                for s, d in avals
+            ]
             try:
                 outs = run(metas, call)
             except NotImplementedError:  # no meta kernel (binomial): small real tensors tell the shapes
                 outs = run(_stand_ins(metas), call)
-            except RuntimeError:  # a prim that takes a 0-d operand beside larger ones only as a CPU scalar
-                if not any(m.dim() == 0 for m in metas) or all(m.dim() == 0 for m in metas):
-                    raise
-                outs = run([torch.empty((), dtype=m.dtype) if m.dim() == 0 else m for m in metas], call)
         return [(tuple(x.shape), x.dtype) for x in outs]
 
     random = torch.Tag.nondeterministic_seeded in func.tags
@@ -259,6 +259,13 @@ def aten_prim(func, seeded: bool = False, written: tuple[int, ...] = ()) -> Prim
     if random:  # what a draw writes into (rrelu's noise) is an output only: no derivative flows into it
         _NO_DERIVATIVE[prim.name] = {i + seeded for i in written}
     return prim
+
+
+def cpu_scalar_operands(func, shapes) -> bool:
+    """Whether func's 0-d operands stand in for its shape rule as CPU scalars, not meta tensors: for
+    a prim beside larger operands.  torch's references leave CPU scalars unbroadcast
+    (torch.fmax(x, 0-d)), and the prims' shape checks accept a 0-d operand only as one."""
+    return func.namespace == "prims" and any(len(s) > 0 for s in shapes)
 
 
 def _stand_ins(metas: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -333,11 +333,10 @@ def _to_meta(x):
 
 
 def _shape_stand_ins(func, args, kwargs):
-    """(args, kwargs) on meta tensors, for an op's output shape.  For a prim, a 0-d CPU tensor
-    beside larger ones stays a CPU scalar: torch's references leave those unbroadcast
-    (torch.fmax(x, 0-d)), and the prims' shape checks accept them only as CPU scalars."""
+    """(args, kwargs) on meta tensors, for an op's output shape; a 0-d CPU tensor stays a CPU
+    scalar where fallback.cpu_scalar_operands says so."""
     leaves = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
-    keep = func.namespace == "prims" and any(x.dim() > 0 for x in leaves)
+    keep = fallback.cpu_scalar_operands(func, [x.shape for x in leaves])
 
     def stand_in(x):
         if keep and isinstance(x, torch.Tensor) and x.dim() == 0 and x.device.type == "cpu":
