@@ -359,12 +359,16 @@ def _mask_for(deps: frozenset[str], pointwise: bool) -> str | None:
         return None
     if pointwise:
         return "mask"
+    deps = frozenset(v for v in deps if v[0] != "j")  # an inner dot's element: always in range
+    if not deps:
+        return None
     return {frozenset("r"): "rmask", frozenset("c"): "cmask"}.get(deps, "mask")
 
 
-# A contraction kernel masks each iteration variable on its own; the batch b is never out of range.
+# A contraction kernel masks each iteration variable on its own; the batch b and an inner dot's
+# contracted element (ja, jb) are never out of range.
 def _contraction_mask(deps: frozenset[str]) -> str | None:
-    names = [f"{v[:2]}mask{v[2:]}" if v[0] == "k" else f"{v[0]}mask{v[1:]}" for v in sorted(deps) if v != "b"]
+    names = [f"{v[:2]}mask{v[2:]}" if v[0] == "k" else f"{v[0]}mask{v[1:]}" for v in sorted(deps) if v[0] not in "bj"]
     return " & ".join(names) or None
 
 
@@ -397,6 +401,27 @@ class Scope:
             self.outer.append(line)
 
 
+class _UnrolledScope(Scope):
+    """The body of an inner dot's unrolled loop (see _Emitter.inner_dot): lines that vary with its
+    contracted element go in it, the rest where the enclosing scope puts them."""
+
+    def __init__(self, parent: Scope, loop_vars: set[str]):
+        super().__init__(parent.outer, [], loop_vars)
+        self.parent = parent
+        self.lines = self.inner
+        self.defined: set[str] = set()  # registers of the loop body, not visible after it
+
+    def inside(self, deps: frozenset[str]) -> bool:
+        return bool(deps & self.inner_vars) or self.parent.inside(deps)
+
+    def add(self, line: str, deps: frozenset[str]):
+        if deps & self.inner_vars:
+            self.lines.append(line)
+            self.defined.add(line.split(" = ", 1)[0])
+        else:
+            self.parent.add(line, deps)
+
+
 class _Emitter:
     def __init__(self, kernel: Kernel, strides: dict[Var, tuple[int, ...]]):
         self.kernel = kernel
@@ -408,6 +433,7 @@ class _Emitter:
         self.arg_name = {v: f"in{i}" for i, v in enumerate(self.loads)}
         self.names: dict[int, tuple[str, bool]] = {}  # id(entry) -> (register, defined inside a loop)
         self.counter = 0
+        self.tile_sizes: dict[str, int] = {}  # iteration variable -> its extent in the 2-d tiles
 
     def fresh(self, prefix: str = "v") -> str:
         self.counter += 1
@@ -435,6 +461,8 @@ class _Emitter:
         if id(entry) in self.names:
             return self.names[id(entry)][0]
         assert entry.op not in ("reduce", "dot"), "reductions and dots are emitted by their loops"
+        if entry.op == "inner_dot":
+            return self.inner_dot(entry, scope)
         args = [self.operand(e, scope, scope.inside(entry.deps)) for e in entry.inputs]
         if entry.op == "load":
             offset = ravel(entry.index, self.strides.get(entry.var) or contiguous_strides(entry.var.shape))
@@ -465,6 +493,35 @@ class _Emitter:
         name = self.fresh()
         scope.add(f"{name} = {text}", entry.deps)
         self.names[id(entry)] = (name, scope.inside(entry.deps))
+        return name
+
+    def inner_dot(self, entry: Entry, scope: Scope) -> str:
+        """A small dot (schedule._Planner._inner_dot): the sum over its K <= 16 contracted elements of
+        the outer product of a [rows, 1] and a [1, columns] tile, unrolled, the operands' producers
+        inside the unrolled loop (ja, jb: the contracted element)."""
+        i, node = entry.loop, entry.node
+        row = next(v for v in entry.deps if schedule.tile_axis(v) == "row")
+        col = next(v for v in entry.deps if schedule.tile_axis(v) == "col")
+        inside = scope.inside(entry.deps)
+        target = scope.inner if inside else scope.outer
+        acc_type = "tl.float64" if node.out.dtype == torch.float64 else "tl.float32"
+        acc = self.fresh("acc")
+        target.append(f"{acc} = tl.zeros([{self.tile_sizes[row]}, {self.tile_sizes[col]}], dtype={acc_type})")
+        loop = _UnrolledScope(scope, {f"ja{i}", f"jb{i}"})
+        a, b = (self.expr(e, loop) for e in entry.inputs)
+        k = schedule.contraction_sizes(node)[2]
+        target.append(f"for j{i} in tl.static_range({k}):")
+        head = [f"ja{i} = j{i}", f"jb{i} = j{i}"]
+        target.extend("    " + line for line in head + loop.lines + [f"{acc} += {a} * {b}"])
+        self.names = {key: v for key, v in self.names.items() if v[0] not in loop.defined}
+        value = acc
+        if node.out.dtype == torch.float16:  # the product rounded to its dtype, as torch stores it
+            value = f"{acc}.to(tl.float16).to(tl.float32)"
+        elif node.out.dtype == torch.bfloat16:
+            value = f"_round_bf16({acc}).to(tl.float32)"
+        name = self.fresh()
+        target.append(f"{name} = {value}")
+        self.names[id(entry)] = (name, inside)
         return name
 
     def store(self, var: Var, entry: Entry, scope: Scope):
@@ -563,6 +620,7 @@ def _contraction_body(em: _Emitter, kernel: Kernel, body: list[str], big: bool, 
     ]
     if big:
         body.append("b = b.to(tl.int64)")
+    em.tile_sizes.update(m=bm, n=bn)
     tf32 = contraction_kernels.matmul_allows_tf32()
     for entry in kernel.entries:  # dependencies first: k loops, reductions' own loops, row reductions
         if entry.op == "dot":
@@ -854,9 +912,10 @@ def _dot_loop(em: _Emitter, dot: Entry, k: int, tiles, body: list[str], wide: st
     bk = max(contraction_kernels.MIN_TILE, min(tiles.bk, _pow2(k)))
     pre, inner = [], []
     scope = Scope(pre, inner, {f"ka{i}", f"kb{i}"})
+    em.tile_sizes.update({f"ka{i}": bk, f"kb{i}": bk})
     a = _dot_operand(em, dot.inputs[0], scope, f"ka{i}", "m", (bm, bk))
     b = _dot_operand(em, dot.inputs[1], scope, f"kb{i}", "n", (bk, bn))
-    acc, acc_type = f"acc{i}", "tl.float64" if dot.var.dtype == torch.float64 else "tl.float32"
+    acc, acc_type = em.fresh("acc"), "tl.float64" if dot.var.dtype == torch.float64 else "tl.float32"
     body += pre
     body += [f"{acc} = tl.zeros([{bm}, {bn}], dtype={acc_type})", f"for k0 in range(0, {k}, {bk}):"]
     body += [
@@ -881,6 +940,7 @@ def _reduction_loop(em: _Emitter, entry: Entry, extent: int, bm: int, body: list
     acc = em.fresh("acc")
     pre, inner = [], []
     scope = Scope(pre, inner, {f"kr{i}"})
+    em.tile_sizes[f"kr{i}"] = block
     value = em.expr(entry.inputs[0], scope)
     if entry.var.dtype == torch.bool:
         value = f"{value}.to(tl.int32)"
@@ -936,6 +996,7 @@ def _rows_body(em: _Emitter, kernel: Kernel, body: list[str], pid: str):
     block_r = min(_pow2(d.size), max(1, ROW_TILE // block_c))
     grid = (math.ceil(d.size / block_r),)
     body += [f"r = {pid} * {block_r} + tl.arange(0, {block_r})[:, None]", f"rmask = r < {d.size}"]
+    em.tile_sizes.update(r=block_r, c=block_c)
     reductions = [e for e in kernel.entries if e.op == "reduce"]  # dependencies first
     per_element = [(v, e) for v, e in kernel.stores if "c" in _index_deps(e)]
     per_row = [(v, e) for v, e in kernel.stores if "c" not in _index_deps(e)]
@@ -1053,7 +1114,8 @@ def _distinct_elements(kernel: Kernel, var: Var, strides) -> int:
         return var.numel
     em = _Emitter(kernel, strides)
     seen = np.zeros(_extent(var, strides) or 1, dtype=bool)
-    if d.kind == "contraction":  # each load site over the variables it depends on, one axis each
+    per_site = d.kind == "contraction" or any(e.op == "inner_dot" for e in kernel.entries)
+    if per_site:  # each load site over the variables it depends on, one axis each
         extents = _var_extents(kernel)
         for e in kernel.entries:
             if e.op != "load" or e.var is not var:

@@ -20,6 +20,9 @@ at the index tuple the walk derives (`Entry`).  Kernels come in four shapes:
     epilogue, see `_epilogue_index`): elementwise chains, views, reductions along a row that fits
     the tile, and an outer product written in a loop over its extra axis; per-row reductions along
     other axes run in loops of their own.
+    A contraction over at most INNER_DOT_K elements needed inside another kernel (in a prologue, a
+    reduction's loop, an epilogue, a row kernel's tile) is computed there instead of reaching
+    memory (`_Planner._inner_dot`).
   - samples: when the whole graph runs per sample of a vmap and each sample's values are small
     matrices (`sample_region`), one program per sample computes all of it, each value one register
     tile (an attention block's per-sample gradients: one launch instead of a GEMM launch per level).
@@ -62,6 +65,14 @@ SPLIT_CHUNK = 2048
 # of a linear model from 1 to 5 launches, of an MLP 784-128-10 from 3 to 8, an HVP from 5 to 10.
 MIN_DOT_DIM = 16
 MIN_DOT_EXTENT = 2
+# A contraction over at most this many elements is computed inside any kernel that needs it over
+# two of its tile variables (a row and a column of the kernel's 2-d tiles), as the sum of K outer
+# products of a column and a row of its operands, instead of being stored by a GEMM kernel of its
+# own and read back: the hidden layer's gradient g @ W2 through a classifier's 10 logits is
+# recomputed inside the kernel of that layer's weight and bias gradients (the HVP of an MLP: one
+# launch fewer, and a [batch, hidden] pair neither written nor read back).  It costs K FMAs per
+# element of the tile, against the BN (or more) of the enclosing kernel's own dot.
+INNER_DOT_K = 16
 # Where a contraction's kernel would fuse nothing (both operands read as they lie in memory, the
 # product stored as it is), torch's own matmul (cuBLAS on a GPU) could run it instead, as a torch
 # call.  Not yet measured on a GPU, so off: every contraction is a template kernel.  To decide, time
@@ -320,7 +331,7 @@ class Entry:
 
     var: Var
     index: Index
-    op: str  # "load" | "node" | "reduce" | "scan" | "dot"
+    op: str  # "load" | "node" | "reduce" | "scan" | "dot" | "inner_dot"
     node: Node | None
     inputs: list[Entry]
     deps: frozenset[str]  # iteration variables the value varies with
@@ -414,6 +425,16 @@ def dot_operand_indices(node: Node, b: Idx, m: Idx, n: Idx, ka: Idx, kb: Idx) ->
     return tuple(xi[d] for d in range(len(x.shape))), tuple(yi[d] for d in range(len(y.shape)))
 
 
+def tile_axis(var: str) -> str | None:
+    """Which axis of a kernel's 2-d tiles an iteration variable runs along: "row" ([:, None]: m, r,
+    a k loop's kb), "col" ([None, :]: n, c, a k loop's ka, a reduction loop's kr), else None."""
+    if var in ("m", "r") or var.startswith("kb"):
+        return "row"
+    if var in ("n", "c") or var.startswith(("ka", "kr")):
+        return "col"
+    return None
+
+
 def _rendered(index: Index) -> tuple[str, ...]:
     return tuple(i.render() for i in index)
 
@@ -488,6 +509,8 @@ class _Planner:
                 self.loops += 1
         elif along is None or reduced != self.domain.cols or along in index_deps:
             raise NotFusable(node.out)
+        elif any(x[0] == "j" for x in index_deps):  # an inner dot's operand: reduced before, not in it
+            raise NotFusable(node.out)
         along = self.vars[along] if loop is None else Idx.var(f"kr{loop}", reduced)
         cols = iter(unravel(along, tuple(x.shape[a] for a in axes)))
         kept = iter(index)
@@ -501,16 +524,52 @@ class _Planner:
         their producers into the k loop (the prologue)."""
         m, n, k, batch = contraction_sizes(node)
         d, v = self.domain, self.vars
-        natural = dot_natural_index(node, v["b"], v["m"], v["n"])
         elsewhere = d.kind != "contraction" or (batch, m, n) != (d.size, d.rows, d.cols)
-        if elsewhere or _rendered(index) != _rendered(natural):
-            raise NotFusable(self._epilogue_frontier())
+        if elsewhere or _rendered(index) != _rendered(dot_natural_index(node, v["b"], v["m"], v["n"])):
+            inner = self._inner_dot(node, index, index_deps)
+            if inner is None:
+                raise NotFusable(self._epilogue_frontier())
+            return inner
         loop = self.loops
         self.loops += 1
         ka, kb = k_vars(loop, k)
         a_index, b_index = dot_operand_indices(node, v["b"], v["m"], v["n"], ka, kb)
         inputs = [self.value(node.inputs[0], a_index), self.value(node.inputs[1], b_index)]
         return Entry(node.out, index, "dot", node, inputs, index_deps, 0, loop)
+
+    def _inner_dot(self, node: Node, index: Index, index_deps) -> Entry | None:
+        """A small dot (see INNER_DOT_K) at `index`, where the output's a-side axes vary with one tile
+        variable and its b-side axes with another, one of the tile's rows (m, r, a k loop's kb), the
+        other of its columns (n, c, ka, kr): the operand varying with the rows is read at (row, ja),
+        the other at (jb, column), ja = jb running over the contraction (codegen's inner_dot).
+        None where that is not the case."""
+        m, n, k, _ = contraction_sizes(node)
+        d = self.domain
+        if k > INNER_DOT_K or d.kind not in ("contraction", "rows"):
+            return None
+        x, y = node.inputs
+        (ca, cb), (ba, bb) = node.params["contract"], node.params["batch"]
+        fa, fb = P.dot_axes(len(x.shape), len(y.shape), (ca, cb), (ba, bb))
+        deps = lambda part: frozenset().union(*(i.deps for i in part)) if part else frozenset()
+        batch, rows, cols = index[: len(ba)], index[len(ba) : len(ba) + len(fa)], index[len(ba) + len(fa) :]
+        da, db = deps(rows) - {"b"}, deps(cols) - {"b"}  # b: the program's batch element, one value
+        if not deps(batch) <= {"b"} or len(da) != 1 or len(db) != 1:
+            return None
+        kind = {a: tile_axis(a) for a in da | db}
+        if {kind[a] for a in da} | {kind[b] for b in db} != {"row", "col"}:
+            return None
+        loop = self.loops
+        self.loops += 1
+        ja, jb = (Idx.var(f"j{side}{loop}", k) for side in "ab")
+        x_rows = kind[next(iter(da))] == "row"  # x is the operand varying with the tile's rows
+        ks = tuple(x.shape[a] for a in ca)
+        xi = dict(zip(ba, batch)) | dict(zip(fa, rows)) | dict(zip(ca, unravel(ja if x_rows else jb, ks)))
+        yi = dict(zip(bb, batch)) | dict(zip(fb, cols)) | dict(zip(cb, unravel(jb if x_rows else ja, ks)))
+        xe = self.value(x, tuple(xi[a] for a in range(len(x.shape))))
+        ye = self.value(y, tuple(yi[a] for a in range(len(y.shape))))
+        operands = [xe, ye] if x_rows else [ye, xe]  # [rows x K] @ [K x columns]
+        stage = max(e.stage for e in operands)
+        return Entry(node.out, index, "inner_dot", node, operands, index_deps, stage, loop)
 
     def _prologue_frontier(self) -> Var:
         """What reaches memory when a dot's operand needs a reduction: the highest value of the walk
@@ -590,7 +649,9 @@ def _region_reductions(var: Var, materialized: set[Var], producers: dict[Var, No
             node = producers.get(v)
             if node is None or (v in materialized and v is not var):
                 continue
-            if node.prim.kind in ("reduction", "scan", "contraction"):
+            if node.prim.kind in ("reduction", "scan", "contraction") and not (
+                found and _inner_dot(node, var, materialized, producers)
+            ):
                 found.append(node)
             for u in node.inputs:
                 if u not in seen:
@@ -598,6 +659,27 @@ def _region_reductions(var: Var, materialized: set[Var], producers: dict[Var, No
                     nxt.append(u)
         frontier = nxt
     return found
+
+
+def _inner_dot(node: Node, var: Var, materialized: set[Var], producers: dict[Var, Node]) -> bool:
+    """Whether a small dot (INNER_DOT_K) beyond the nearest reduction of var's kernel is computed
+    where that kernel needs it: when the first reduction or contraction on its way to var is
+    neither its epilogue's nor along its rows (the operand of a bigger dot, a sum over the batch).
+    A reduction along its rows (the per-sample norms of ghost clipping) is its own GEMM kernel's."""
+    if node.prim.kind != "contraction" or contraction_sizes(node)[2] > INNER_DOT_K:
+        return False
+    m, n, _, batch = contraction_sizes(node)
+    domain = Domain("contraction", batch, n, m)
+    it = iteration_vars(domain)
+    index = dot_natural_index(node, it["b"], it["m"], it["n"])
+    for step, u in _path_from(node, var, materialized, producers):
+        pushed = _push(step, u, index, None, domain)
+        if step.prim.kind in ("reduction", "contraction"):
+            return pushed is None
+        if pushed is None:
+            return False
+        index = pushed
+    return False
 
 
 def _store_index(
@@ -1012,7 +1094,7 @@ def _shared(steps) -> list[Var]:
     owners: dict[Var, set[int]] = {}
     for k, step in enumerate(steps):
         for e in step.kernel.entries if isinstance(step, KernelStep) else []:
-            if e.op in ("reduce", "scan", "dot"):
+            if e.op in ("reduce", "scan", "dot", "inner_dot"):
                 owners.setdefault(e.var, set()).add(k)
     return [v for v, ks in owners.items() if len(ks) > 1]
 
