@@ -150,5 +150,13 @@ def _dot_bf16(a, b, acc):
 
 
 def matmul_allows_tf32() -> bool:
-    """Whether torch's own float32 matmuls may use TF32 on CUDA (torch's default: no)."""
+    """Whether torch's own float32 matmuls may use TF32 on CUDA (torch's default: no).  torch's
+    fp32_precision setting says it ("tf32" or "ieee"; "none" defers to torch.backends'), and the
+    legacy allow_tf32 flag (or set_float32_matmul_precision) sets it too; reading the legacy flag
+    after the new setting was used raises, so it is read only when neither says."""
+    precision = getattr(torch.backends.cuda.matmul, "fp32_precision", "none")
+    if precision == "none":
+        precision = getattr(torch.backends, "fp32_precision", "none")
+    if precision in ("tf32", "ieee"):
+        return precision == "tf32"
     return bool(torch.backends.cuda.matmul.allow_tf32)

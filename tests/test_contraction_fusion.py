@@ -236,6 +236,24 @@ def test_float32_follows_torchs_tf32_setting(interpreter):
         torch.backends.cuda.matmul.allow_tf32 = before
 
 
+@pytest.mark.parametrize("setting", ["matmul", "global"])
+def test_float32_follows_torchs_fp32_precision_setting(interpreter, setting):
+    """torch's newer switch (after which reading the legacy allow_tf32 flag raises): every call
+    reads it, through the cache key, so no call may fail once it is used."""
+    x, w = make(32, 32, dtype=torch.float32), make(32, 32, seed=1, dtype=torch.float32)
+    owner = torch.backends.cuda.matmul if setting == "matmul" else torch.backends
+    torch.backends.cuda.matmul.fp32_precision = "none"  # "none": the global setting decides
+    try:
+        for precision in ["tf32", "ieee"]:
+            owner.fp32_precision = precision
+            out, rec = recorded(tritonfunc.jit(torch.mm), x, w)
+            assert f'input_precision="{precision}"' in rec.launches[0].source
+            assert_same(out, x @ w, rtol=F32[0], atol=F32[1])
+            assert_same(tritonfunc.vmap(torch.sin)(x), torch.sin(x))
+    finally:
+        torch.backends.fp32_precision = torch.backends.cuda.matmul.fp32_precision = "none"  # the defaults
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
 def test_the_h100_tiles_compile_for_sm90(dtype):
     """The sm_90 configurations (128 x 128 tiles, pipelined k loops) of a linear layer and of a
