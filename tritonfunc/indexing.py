@@ -223,7 +223,7 @@ def ravel(index: Index, strides: tuple[int, ...]) -> Idx:
 def unravel(flat: Idx, shape: tuple[int, ...]) -> Index:
     out = []
     for size, stride in zip(shape, contiguous_strides(shape)):
-        out.append(Idx.of(0) if size == 1 else (flat // stride) % size)
+        out.append(Idx.of(0) if size <= 1 else (flat // stride) % size)  # an empty axis is never indexed
     return tuple(out)
 
 
