@@ -10,6 +10,8 @@ jacrev of a network, vmap(jacfwd(jacrev)), per-sample gradients, nested vmaps.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.func
@@ -197,3 +199,65 @@ def test_nan_and_inf_stay_in_their_rows_and_columns(backend):
     a, b = make(20, 24), make(24, 18, seed=1)
     a[3, 5], b[7, 11] = float("nan"), float("inf")
     assert_same(tritonfunc.jit(torch.mm)(a, b), a @ b)
+
+
+@pytest.mark.parametrize(
+    "name, fn",
+    [
+        ("addmm", lambda c, a, b, v: torch.addmm(c, a, b, alpha=0)),
+        ("addmv", lambda c, a, b, v: torch.addmv(c[0], a, v, alpha=0, beta=2)),
+        ("addbmm", lambda c, a, b, v: torch.addbmm(c, a[None], b[None], alpha=0)),
+        ("baddbmm", lambda c, a, b, v: torch.baddbmm(c[None], a[None], b[None], alpha=0)),  # torch: NaN
+        ("addr", lambda c, a, b, v: torch.addr(c, v[:2], v[:2], alpha=0)),  # torch: NaN
+    ],
+)
+def test_zero_alpha_skips_the_product_where_torch_does(backend, name, fn):
+    """addmm, addmv and addbmm with alpha=0 ignore the product, inf in it included (BLAS); baddbmm
+    and addr compute 0 * inf = NaN.  tritonfunc follows each."""
+    c, a, b, v = torch.zeros(2, 2, dtype=torch.float64), make(2, 3), make(3, 2, seed=1), make(3, seed=2)
+    b[0, 0] = v[0] = float("inf")
+    assert_same(tritonfunc.jit(fn)(c, a, b, v), fn(c, a, b, v))
+
+
+@pytest.mark.parametrize(
+    "name, fn",
+    [
+        ("mm rounds its product", lambda a, b: (a @ b) * 0.001),  # 96000 -> inf in fp16, as torch's mm
+        ("addmm scales before rounding", lambda a, b: torch.addmm(torch.zeros_like(a), a, b, alpha=0.001)),
+        ("linear adds its bias before rounding", lambda a, b: F.linear(a, b.T, torch.full_like(a[0], -60000.0))),
+    ],
+)
+def test_a_half_product_rounds_where_torch_rounds_it(backend, name, fn):
+    """A matmul returns its product in the operands' dtype; torch's add* ops (linear's bias) scale and
+    add in float32 and round once.  Products of 96000 overflow fp16 only in the first."""
+    a, b = torch.full((16, 16), 30.0, dtype=torch.float16), torch.full((16, 16), 200.0, dtype=torch.float16)
+    assert_same(tritonfunc.jit(fn)(a, b), fn(a, b))
+
+
+@pytest.mark.parametrize(
+    "fn, operands",
+    [
+        (lambda a, b: a @ b, [torch.ones(4, 5), torch.ones(5, 3, dtype=torch.float64)]),
+        (lambda a, b: F.linear(a, b), [torch.ones(4, 5), torch.ones(3, 5, dtype=torch.float64)]),
+        (lambda a, b: torch.mv(a, b), [torch.ones(4, 5), torch.ones(5, dtype=torch.float64)]),
+        (lambda a, b: torch.addmm(torch.zeros(4, 3), a, b), [torch.ones(4, 5).double(), torch.ones(5, 3).double()]),
+        (lambda a, b: a @ b, [torch.ones(4, 5, dtype=torch.bool), torch.ones(5, 3, dtype=torch.bool)]),
+    ],
+    ids=["mm", "linear", "mv", "addmm", "bool"],
+)
+def test_operands_torch_refuses_are_refused_in_its_words(backend, fn, operands):
+    """torch's matmul kernels take one dtype and no bool (its meta functions, which the trace runs,
+    do not check): tritonfunc raises torch's own error instead of casting."""
+    with pytest.raises(Exception) as want:
+        fn(*operands)
+    with pytest.raises(type(want.value), match=re.escape(str(want.value))):
+        tritonfunc.jit(fn)(*operands)
+    with pytest.raises(type(want.value), match=re.escape(str(want.value))):
+        tritonfunc.vmap(fn, in_dims=(0, None))(operands[0][None], operands[1])
+
+
+def test_an_empty_batch_of_products(backend):
+    a, b = make(0, 4, 5), make(5, 2, seed=1)
+    f = lambda a, b: ((a @ b) ** 2).sum()
+    assert_same(tritonfunc.jit(f)(a, b), f(a, b))
+    assert_same(tritonfunc.grad(f, argnums=1)(a, b), torch.func.grad(f, argnums=1)(a, b))

@@ -480,10 +480,8 @@ class _Emitter:
                 self.names[id(entry)] = self.names[id(entry.inputs[0])]  # same register, re-indexed
                 return self.names[id(entry)][0]
             # A cast to half precision rounds there, then computing goes on in fp32.
-            if node.prim is P.convert and node.out.dtype == torch.float16:
-                text = f"{args[0]}.to(tl.float16).to(tl.float32)"
-            elif node.prim is P.convert and node.out.dtype == torch.bfloat16:
-                text = f"_round_bf16({args[0]}.to(tl.float32)).to(tl.float32)"
+            if node.prim is P.convert and node.out.dtype in _HALF:
+                text = rounded(args[0], node.out.dtype)
             elif entry.op == "scan":  # along the row tile; masked columns add nothing
                 zero = literal(0, node.out.dtype)
                 rule = SCANS[node.prim]
@@ -514,13 +512,8 @@ class _Emitter:
         head = [f"ja{i} = j{i}", f"jb{i} = j{i}"]
         target.extend("    " + line for line in head + loop.lines + [f"{acc} += {a} * {b}"])
         self.names = {key: v for key, v in self.names.items() if v[0] not in loop.defined}
-        value = acc
-        if node.out.dtype == torch.float16:  # the product rounded to its dtype, as torch stores it
-            value = f"{acc}.to(tl.float16).to(tl.float32)"
-        elif node.out.dtype == torch.bfloat16:
-            value = f"_round_bf16({acc}).to(tl.float32)"
         name = self.fresh()
-        target.append(f"{name} = {value}")
+        target.append(f"{name} = {rounded(acc, node.out.dtype)}")
         self.names[id(entry)] = (name, inside)
         return name
 
@@ -537,6 +530,16 @@ class _Emitter:
         if not deps:  # a single element: keep the pointer a block, like the value
             offset += " + o * 0" if self.pointwise else " + m * 0" if self.contraction else " + r * 0"
         scope.add(f"tl.store({out} + {offset}, {value}, mask={mask})", deps)
+
+
+def rounded(value: str, dtype: torch.dtype) -> str:
+    """An fp32 value rounded to half precision where torch holds `dtype` (a cast, a product that
+    torch stores in it), kept in fp32 to compute on; unchanged for other dtypes."""
+    if dtype == torch.float16:
+        return f"{value}.to(tl.float16).to(tl.float32)"
+    if dtype == torch.bfloat16:
+        return f"_round_bf16({value}.to(tl.float32)).to(tl.float32)"
+    return value
 
 
 def _pow2(n: int) -> int:
@@ -758,10 +761,8 @@ class _SampleTiles:
 
     @staticmethod
     def compute(node: Node, args: list[str], index: Index) -> str:
-        if node.prim is P.convert and node.out.dtype == torch.float16:
-            return f"{args[0]}.to(tl.float16).to(tl.float32)"
-        if node.prim is P.convert and node.out.dtype == torch.bfloat16:
-            return f"_round_bf16({args[0]}.to(tl.float32)).to(tl.float32)"
+        if node.prim is P.convert and node.out.dtype in _HALF:
+            return rounded(args[0], node.out.dtype)
         return LOWERINGS[node.prim](args, node, index)
 
     # -- nodes ---------------------------------------------------------------------------------
@@ -871,7 +872,7 @@ class _SampleTiles:
             text = f"tl.sum({lhs} * tl.trans({rhs}), axis=1, keep_dims=True)"
         else:  # vector x matrix (or vector), along the rows of the tile
             text = f"tl.sum(tl.trans({lhs}) * {rhs}, axis=0, keep_dims=True)"
-        return self.line(text), (pos_m, pos_n)
+        return self.line(rounded(text, node.out.dtype)), (pos_m, pos_n)
 
     # -- the kernel ----------------------------------------------------------------------------
     def emit(self):
@@ -927,6 +928,8 @@ def _dot_loop(em: _Emitter, dot: Entry, k: int, tiles, body: list[str], wide: st
     body += ["    " + line for line in inner]
     body.append(f"    {acc} = " + contraction_kernels.dot_call(a, b, acc, dot.node.inputs[0].dtype, tf32))
     em.forget_column_values()
+    if dot.var.dtype in _HALF:  # the product as torch's matmul returns it: rounded (inf beyond 65504 in fp16)
+        body.append(f"{acc} = {rounded(acc, dot.var.dtype)}")
     em.names[id(dot)] = (acc, False)
 
 

@@ -793,7 +793,10 @@ cumsum.batch = lambda xs, bt, size, *, axis, reverse: cumsum(xs[0], axis=axis + 
 # sums a * b over the paired axes ca[i] of a and cb[i] of b, elementwise along the paired batch axes
 # ba[i], bb[i]; the result's axes are the batch axes, then a's free axes, then b's free axes, each in
 # operand order.  mm is contract=((1,), (0,)); bmm adds batch=((0,), (0,)); a dot product contracts
-# everything; an outer product contracts nothing.  Both operands have one dtype (tracing casts).
+# everything; an outer product contracts nothing.  Both operands have one dtype (tracing casts); the
+# result has it too, rounded as torch's matmul returns it, unless `out_dtype` (float32 for half
+# operands) keeps the accumulator's precision, for torch's add* ops, which scale and add before they
+# round once.
 # The scheduler runs it as a tl.dot template kernel (kernels/contraction.py) with the producers of
 # its operands fused in front and its consumers behind, or, when it is too small for tensor cores
 # to pay, expands it into the broadcast multiply and sum below (`expand_dot_general`).
@@ -807,7 +810,7 @@ def dot_axes(a_rank: int, b_rank: int, contract, batch) -> tuple[list[int], list
     ]
 
 
-def _dot_shape(a, b, *, contract, batch):
+def _dot_shape(a, b, *, contract, batch, out_dtype=None):
     (ash, adt), (bsh, bdt) = a, b
     (ca, cb), (ba, bb) = contract, batch
     assert adt == bdt, f"dot_general operands must have one dtype: {adt}, {bdt}"
@@ -816,11 +819,13 @@ def _dot_shape(a, b, *, contract, batch):
     assert all(ash[i] == bsh[j] for i, j in zip(ba, bb)), f"batch sizes differ: {ash} {bsh} {batch}"
     assert len(set(ca) | set(ba)) == len(ca) + len(ba) and len(set(cb) | set(bb)) == len(cb) + len(bb)
     fa, fb = dot_axes(len(ash), len(bsh), contract, batch)
-    return (*[ash[i] for i in ba], *[ash[i] for i in fa], *[bsh[j] for j in fb]), adt
+    return (*[ash[i] for i in ba], *[ash[i] for i in fa], *[bsh[j] for j in fb]), out_dtype or adt
 
 
-def _dot_impl(a, b, *, contract, batch):
+def _dot_impl(a, b, *, contract, batch, out_dtype=None):
     """torch.einsum with one letter per axis (it runs as a bmm)."""
+    if out_dtype is not None:  # half products are exact in float32, accumulated there
+        a, b = a.to(out_dtype), b.to(out_dtype)
     (ca, cb), (ba, bb) = contract, batch
     fa, fb = dot_axes(a.dim(), b.dim(), contract, batch)
     letters = iter("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -838,12 +843,17 @@ def _dot_impl(a, b, *, contract, batch):
 dot_general = register(Primitive("dot_general", "contraction", _dot_shape, _dot_impl, strategy=TEMPLATE))
 
 
-def _dot_jvp(primals, tangents, out, *, contract, batch):
+def _widened(out_dtype) -> dict:
+    return {} if out_dtype is None else {"out_dtype": out_dtype}
+
+
+def _dot_jvp(primals, tangents, out, *, contract, batch, out_dtype=None):
     """Bilinear: d(a b) = da b + a db."""
     (a, b), (a_dot, b_dot) = primals, tangents
+    axes = dict(contract=contract, batch=batch, **_widened(out_dtype))
     return _sum_terms(
-        None if a_dot is None else dot_general(a_dot, b, contract=contract, batch=batch),
-        None if b_dot is None else dot_general(a, b_dot, contract=contract, batch=batch),
+        None if a_dot is None else dot_general(a_dot, b, **axes),
+        None if b_dot is None else dot_general(a, b_dot, **axes),
     )
 
 
@@ -869,9 +879,12 @@ def _dot_ct(ct, mine, other, mine_is_a: bool, contract, batch):
     return current_builder().transpose(g, [pos[d] for d in range(len(mine.shape))])
 
 
-def _dot_vjp(primals, out, ct, *, contract, batch):
-    """The transpose: each operand's cotangent is one contraction of ct with the other operand."""
+def _dot_vjp(primals, out, ct, *, contract, batch, out_dtype=None):
+    """The transpose: each operand's cotangent is one contraction of ct with the other operand (in
+    the operands' dtype, as torch's add* ops compute their operands' gradients)."""
     a, b = primals
+    if out_dtype is not None:
+        ct = current_builder().cast(ct, a.dtype)
     return [
         _dot_ct(ct, a, b, True, contract, batch),
         _dot_ct(ct, b, a, False, contract, batch),
@@ -881,19 +894,20 @@ def _dot_vjp(primals, out, ct, *, contract, batch):
 dot_general.jvp, dot_general.vjp = _dot_jvp, _dot_vjp
 
 
-def _dot_batch(xs, batched, size, *, contract, batch):
+def _dot_batch(xs, batched, size, *, contract, batch, out_dtype=None):
     """A batch axis on both operands is one more batch axis (the kernel grid's axis 1); on one operand
     only, it is one more free axis of that operand, so vmap over a matmul's rows is one bigger GEMM."""
     a, b = xs
     (ca, cb), (ba, bb) = contract, batch
     fa, fb = dot_axes(len(a.shape) - batched[0], len(b.shape) - batched[1], contract, batch)
+    wide = _widened(out_dtype)
     if batched[0] and batched[1]:
-        return dot_general(a, b, contract=(_shift(ca), _shift(cb)), batch=((0, *_shift(ba)), (0, *_shift(bb))))
+        return dot_general(a, b, contract=(_shift(ca), _shift(cb)), batch=((0, *_shift(ba)), (0, *_shift(bb))), **wide)
     if batched[0]:
-        out = dot_general(a, b, contract=(_shift(ca), cb), batch=(_shift(ba), bb))
+        out = dot_general(a, b, contract=(_shift(ca), cb), batch=(_shift(ba), bb), **wide)
         at = len(ba)  # the batch axis is a's first free axis
     else:
-        out = dot_general(a, b, contract=(ca, _shift(cb)), batch=(ba, _shift(bb)))
+        out = dot_general(a, b, contract=(ca, _shift(cb)), batch=(ba, _shift(bb)), **wide)
         at = len(ba) + len(fa)  # b's first free axis
     rank = len(out.shape)
     return current_builder().transpose(out, [at, *[d for d in range(rank) if d != at]])
@@ -902,10 +916,12 @@ def _dot_batch(xs, batched, size, *, contract, batch):
 dot_general.batch = _dot_batch
 
 
-def expand_dot_general(a: Var, b: Var, *, contract, batch) -> Var:
+def expand_dot_general(a: Var, b: Var, *, contract, batch, out_dtype=None) -> Var:
     """dot_general as a broadcast multiply and a sum over the contracted axes (laid out last): the
     form the fused pointwise and row kernels compute, for contractions too small for tl.dot."""
     bld = current_builder()
+    if out_dtype is not None:
+        a, b = bld.cast(a, out_dtype), bld.cast(b, out_dtype)
     (ca, cb), (ba, bb) = contract, batch
     fa, fb = dot_axes(len(a.shape), len(b.shape), contract, batch)
     nb, nfa, nfb = len(ba), len(fa), len(fb)

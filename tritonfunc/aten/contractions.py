@@ -9,6 +9,8 @@ is what `dot_general` expands into at that size anyway.
 
 from __future__ import annotations
 
+import torch
+
 from .. import primitives as P
 from ..graph import Var
 from . import aten, lowers
@@ -19,67 +21,93 @@ DOT = dict(contract=((0,), (0,)), batch=((), ()))  # [K] x [K]
 OUTER = dict(contract=((), ()), batch=((), ()))  # [M] x [N]
 
 
+def one_dtype(op, *args, **kwargs) -> None:
+    """torch's matmul kernels take operands of one dtype, not bool, and their meta functions (which
+    gave the traced op its result) do not check: torch's own error for a mix, from one-element
+    stand-ins of the operands."""
+    tensors = [a for a in args if isinstance(a, Var)]
+    if len({v.dtype for v in tensors}) > 1 or any(v.dtype == torch.bool for v in tensors):
+        op(*[torch.zeros((1,) * len(a.shape), dtype=a.dtype) if isinstance(a, Var) else a for a in args], **kwargs)
+
+
 def contract(b, x: Var, y: Var, dtype, **axes) -> Var:
     return P.dot_general(b.cast(x, dtype), b.cast(y, dtype), **axes)
 
 
-def _scaled(b, value: Var, factor, out) -> Var:
-    return value if factor == 1 else value * b.full(factor, out.dtype, value.shape)
+def _scaled(b, value: Var, factor) -> Var:
+    return value if factor == 1 else value * b.full(factor, value.dtype, value.shape)
 
 
-def _plus_scaled_input(b, out, inp, prod: Var, beta, alpha) -> Var:
-    """beta * inp + alpha * prod, as torch's add* ops: beta == 0 ignores inp (even NaN in it)."""
-    prod = b.broadcast_to(_scaled(b, prod, alpha, out), out.shape)
-    if beta == 0:
-        return prod
-    return _scaled(b, b.operand(inp, out.dtype, out.shape), beta, out) + prod
+def _plus_scaled_input(b, out, inp, x, y, axes, beta, alpha, zero_alpha_drops=False) -> Var:
+    """beta * inp + alpha * (x . y), as torch's add* ops compute it: for half operands the product
+    is accumulated, scaled and added in float32 and rounded once; beta == 0 ignores inp (even NaN
+    in it), and alpha == 0 the product where torch's kernel skips it (`zero_alpha_drops`: addmm,
+    addmv and addbmm, even with inf in an operand; baddbmm and addr compute it)."""
+    wide = torch.float32 if out.dtype in (torch.float16, torch.bfloat16) else out.dtype
+    terms = []
+    if beta != 0:
+        terms.append(_scaled(b, b.operand(inp, wide, out.shape), beta))
+    if alpha != 0 or not zero_alpha_drops:
+        prod = contract(b, x, y, out.dtype, **axes, **({} if wide == out.dtype else {"out_dtype": wide}))
+        terms.append(b.broadcast_to(_scaled(b, prod, alpha), out.shape))
+    total = terms[0] + terms[1] if len(terms) == 2 else terms[0] if terms else b.full(0, wide, out.shape)
+    return b.cast(total, out.dtype)
 
 
 @lowers(aten.mm)
 def _mm(b, out, x, y):
+    one_dtype(aten.mm, x, y)
     return contract(b, x, y, out.dtype, **MM)
 
 
 @lowers(aten.bmm)
 def _bmm(b, out, x, y):
+    one_dtype(aten.bmm, x, y)
     return contract(b, x, y, out.dtype, **BMM)
 
 
 @lowers(aten.mv)
 def _mv(b, out, x, v):
+    one_dtype(aten.mv, x, v)
     return contract(b, x, v, out.dtype, **MM)
 
 
 @lowers(aten.dot, aten.vdot)
 def _dot(b, out, x, y):
+    one_dtype(aten.dot, x, y)
     return contract(b, x, y, out.dtype, **DOT)
 
 
 @lowers(aten.addmm)
 def _addmm(b, out, inp, x, y, *, beta=1, alpha=1):
-    return _plus_scaled_input(b, out, inp, contract(b, x, y, out.dtype, **MM), beta, alpha)
+    one_dtype(aten.addmm, inp, x, y, beta=beta, alpha=alpha)
+    return _plus_scaled_input(b, out, inp, x, y, MM, beta, alpha, zero_alpha_drops=True)
 
 
 @lowers(aten.addmv)
 def _addmv(b, out, inp, x, v, *, beta=1, alpha=1):
-    return _plus_scaled_input(b, out, inp, contract(b, x, v, out.dtype, **MM), beta, alpha)
+    one_dtype(aten.addmv, inp, x, v, beta=beta, alpha=alpha)
+    return _plus_scaled_input(b, out, inp, x, v, MM, beta, alpha, zero_alpha_drops=True)
 
 
 @lowers(aten.baddbmm)
 def _baddbmm(b, out, inp, x, y, *, beta=1, alpha=1):
-    return _plus_scaled_input(b, out, inp, contract(b, x, y, out.dtype, **BMM), beta, alpha)
+    one_dtype(aten.baddbmm, inp, x, y, beta=beta, alpha=alpha)
+    return _plus_scaled_input(b, out, inp, x, y, BMM, beta, alpha)
 
 
 @lowers(aten.addbmm)
 def _addbmm(b, out, inp, x, y, *, beta=1, alpha=1):
     """The sum of a batch of products: the batch axis is contracted too (one GEMM with K = B * K)."""
-    prod = contract(b, x, y, out.dtype, contract=((0, 2), (0, 1)), batch=((), ()))
-    return _plus_scaled_input(b, out, inp, prod, beta, alpha)
+    one_dtype(aten.addbmm, inp, x, y, beta=beta, alpha=alpha)
+    summed = dict(contract=((0, 2), (0, 1)), batch=((), ()))
+    return _plus_scaled_input(b, out, inp, x, y, summed, beta, alpha, zero_alpha_drops=True)
 
 
 @lowers(aten.addr)
 def _addr(b, out, inp, u, v, *, beta=1, alpha=1):
-    return _plus_scaled_input(b, out, inp, contract(b, u, v, out.dtype, **OUTER), beta, alpha)
+    one_dtype(aten.addr, inp, u, v, beta=beta, alpha=alpha)
+    return _plus_scaled_input(b, out, inp, u, v, OUTER, beta, alpha)
 
 
 def contract_many(b, terms: list[tuple[Var, tuple]], out_letters: tuple) -> Var:
