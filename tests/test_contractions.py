@@ -261,3 +261,14 @@ def test_an_empty_batch_of_products(backend):
     f = lambda a, b: ((a @ b) ** 2).sum()
     assert_same(tritonfunc.jit(f)(a, b), f(a, b))
     assert_same(tritonfunc.grad(f, argnums=1)(a, b), torch.func.grad(f, argnums=1)(a, b))
+
+
+@pytest.mark.parametrize("shapes", [[(4, 5), (6,)], [(), (6,)], [(6,), (5, 4)], [(3, 4, 5), (6,)]], ids=str)
+def test_shapes_that_do_not_multiply_raise_torchs_error(backend, shapes):
+    """A 1-D operand is traced as a 2-D one (matmul squeezes its result in place): its shape errors
+    are still torch's own words for the user's call."""
+    a, b = (torch.ones(s) for s in shapes)
+    with pytest.raises(RuntimeError) as want:
+        torch.matmul(a, b)
+    with pytest.raises(RuntimeError, match=re.escape(str(want.value))):
+        tritonfunc.jit(torch.matmul)(a, b)

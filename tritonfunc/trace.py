@@ -205,6 +205,7 @@ def _torch_function(func, args, kwargs):
     if func in _MATMULS and not kwargs and len(args) == 2:
         a, c = args
         if isinstance(a, torch.Tensor) and isinstance(c, torch.Tensor) and 1 in (a.dim(), c.dim()):
+            _matmul_shapes_check(a, c)
             out = torch.matmul(a.unsqueeze(0) if a.dim() == 1 else a, c.unsqueeze(-1) if c.dim() == 1 else c)
             if a.dim() == 1:
                 out = out.squeeze(-2)
@@ -218,6 +219,16 @@ def _torch_function(func, args, kwargs):
         if isinstance(x, torch.Tensor) and x.dim() == 1:
             return func(x.unsqueeze(0), *args[1:], **rest).squeeze(0)
     return _call(func, args, kwargs)
+
+
+def _matmul_shapes_check(a: torch.Tensor, c: torch.Tensor) -> None:
+    """Operands whose shapes torch.matmul refuses: its own error for the user's call (torch.func's
+    under vmap), which the stand-ins below would word otherwise."""
+    try:
+        with _disable_current_modes(), torch._C.DisableTorchFunctionSubclass():
+            torch.matmul(*(torch.empty(t.shape, dtype=t.dtype, device="meta") for t in (a, c)))
+    except RuntimeError as e:
+        raise _askable(e) from None
 
 
 def _is_mask_fill(x, key, value) -> bool:
