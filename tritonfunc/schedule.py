@@ -650,7 +650,7 @@ def _region_reductions(var: Var, materialized: set[Var], producers: dict[Var, No
             if node is None or (v in materialized and v is not var):
                 continue
             if node.prim.kind in ("reduction", "scan", "contraction") and not (
-                found and _inner_dot(node, var, materialized, producers)
+                found and _recomputed_inside(node, var, materialized, producers)
             ):
                 found.append(node)
             for u in node.inputs:
@@ -661,7 +661,7 @@ def _region_reductions(var: Var, materialized: set[Var], producers: dict[Var, No
     return found
 
 
-def _inner_dot(node: Node, var: Var, materialized: set[Var], producers: dict[Var, Node]) -> bool:
+def _recomputed_inside(node: Node, var: Var, materialized: set[Var], producers: dict[Var, Node]) -> bool:
     """Whether a small dot (INNER_DOT_K) beyond the nearest reduction of var's kernel is computed
     where that kernel needs it: when the first reduction or contraction on its way to var is
     neither its epilogue's nor along its rows (the operand of a bigger dot, a sum over the batch).
