@@ -58,6 +58,17 @@ def test_a_linear_layer_with_bias_and_activation_is_one_gemm(interpreter):
     assert moved(rec) <= 1.05 * nbytes((x, w, b.float(), out))
 
 
+@pytest.mark.parametrize("act", [F.relu, F.silu, F.gelu], ids=lambda f: f.__name__)
+def test_a_layer_stores_its_activation_alone(interpreter, act):
+    """ReLU (where(z > 0, z, ...), NaN kept), SiLU and GELU read z more than once: the first GEMM
+    still stores act(z) alone for the next layer, not z beside a mask or a factor of act(z)."""
+    x, w1, w2 = (make(*s, seed=i, dtype=torch.float32) for i, s in enumerate([(64, 32), (32, 32), (16, 32)]))
+    f = lambda x, w1, w2: act(x @ w1.T) @ w2.T
+    out, rec = recorded(tritonfunc.jit(f), x, w1, w2)
+    assert_same(out, f(x, w1, w2), rtol=F32[0], atol=F32[1])
+    assert rec.count == 2 and rec.launches[0].bytes_written == nbytes(x @ w1.T)
+
+
 def test_prologue_fuses_scale_cast_and_activation_derivative(interpreter):
     """An operand computed elementwise from inputs is computed in the k loop, never stored."""
     h, g = make(40, 32, dtype=torch.float32), make(40, 32, seed=1, dtype=torch.float32)

@@ -32,6 +32,7 @@ from what a contraction kernel stores joins that kernel when it can (`_join`).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -592,15 +593,17 @@ class _Planner:
         stores it instead of the raw product.  A view above it is free to its readers, so the value
         below the view is stored."""
         frontier = below = self.walk[-1]
+        chain = {below}
         for var in reversed(self.walk[:-1]):
             step = (
                 None
                 if var in self.materialized
-                else _epilogue_step(self.producers[var], below, self.materialized, self.producers, self._purity)
+                else _epilogue_step(self.producers[var], below, chain, self.materialized, self.producers, self._purity)
             )
             if step is None:
                 break
             below = var
+            chain = chain | {var} if step else {var}
             if step:
                 frontier = var
         return frontier
@@ -828,26 +831,72 @@ def pure(var: Var, materialized: set[Var], producers: dict[Var, Node], cache: di
     return cache[var]
 
 
-def _epilogue_step(node: Node, below: Var, materialized, producers, cache) -> bool | None:
-    """Whether node continues a dot's epilogue from `below`: True for an elementwise node, False for a
-    view, None where the epilogue ends (another kind of node, an operand that is not pure, or
-    `below` used twice, as in x * x)."""
-    view = node.prim in (P.reshape, P.transpose)
+def _epilogue_step(node: Node, below: Var, chain: set[Var], materialized, producers, cache) -> bool | None:
+    """Whether node continues a dot's epilogue from `below`: True for an elementwise node whose other
+    operands are pure or computed elementwise from the epilogue's values since its last view
+    (`chain`), as in ReLU's where(z > 0, z, ...) or SiLU's z * sigmoid(z); False for a view; None
+    where the epilogue ends: another kind of node, an operand computed otherwise, or `below` used
+    beyond what node computes (tanh's t feeding the next layer and the 1 - t * t of its
+    derivative: t is the value to store, not a second one).  So the dot's kernel stores the
+    activation, not the pre-activation beside a mask or a part of it."""
+    if node.prim in (P.reshape, P.transpose):
+        return False
+    if node.prim.kind != "elementwise":
+        return None
+    memo: dict[Var, bool] = {}
     others = [u for u in node.inputs if u is not below]
-    if not (view or node.prim.kind == "elementwise") or len(others) != len(node.inputs) - 1:
+    if not all(_elementwise_of(u, chain, materialized, producers, cache, memo) for u in others):
         return None
-    if not all(pure(u, materialized, producers, cache) for u in others):
+    inside = chain | {node.out}
+    uses = [c for c in _consumers(producers).get(below, ()) if c is not node]
+    if any(not _elementwise_of(c.out, inside, materialized, producers, cache, {}) for c in uses):
         return None
-    return not view
+    return True
+
+
+class Producers(dict):
+    """var -> the node computing it (what the scheduler passes around), with the reverse map
+    computed once: var -> the nodes reading it."""
+
+    @functools.cached_property
+    def consumers(self) -> dict[Var, list[Node]]:
+        out: dict[Var, list[Node]] = {}
+        for node in {id(n): n for n in self.values()}.values():
+            for u in dict.fromkeys(node.inputs):
+                out.setdefault(u, []).append(node)
+        return out
+
+
+def _consumers(producers: dict[Var, Node]) -> dict[Var, list[Node]]:
+    return (producers if isinstance(producers, Producers) else Producers(producers)).consumers
+
+
+def _elementwise_of(var: Var, chain: set[Var], materialized, producers, cache, memo: dict[Var, bool]) -> bool:
+    """Whether var is pure (see `pure`) or computed by elementwise nodes from `chain` and pure values."""
+    if var not in memo:
+        node = producers.get(var)
+        memo[var] = (
+            var in chain
+            or pure(var, materialized, producers, cache)
+            or (
+                node is not None
+                and var not in materialized
+                and node.prim.kind == "elementwise"
+                and not node.prim.random
+                and all(_elementwise_of(u, chain, materialized, producers, cache, memo) for u in node.inputs)
+            )
+        )
+    return memo[var]
 
 
 def _path_frontier(dot: Node, var: Var, materialized, producers) -> Var:
     """The last value on the path from dot to var that is still the dot's epilogue."""
-    frontier, cache = dot.out, {}
+    frontier, cache, chain = dot.out, {}, {dot.out}
     for node, u in _path_from(dot, var, materialized, producers):
-        step = _epilogue_step(node, u, materialized, producers, cache)
+        step = _epilogue_step(node, u, chain, materialized, producers, cache)
         if step is None:
             break
+        chain = chain | {node.out} if step else {node.out}
         if step:
             frontier = node.out
     return frontier
@@ -1027,7 +1076,7 @@ def schedule(graph: Graph) -> Program:
     region = sample_region(graph)
     if region is not None:
         return Program(graph, [KernelStep(_samples_kernel(graph, region))])
-    producers = {v: n for n in graph.nodes if n.prim.strategy != P.OPAQUE for v in n.outs}
+    producers = Producers((v, n) for n in graph.nodes if n.prim.strategy != P.OPAQUE for v in n.outs)
     opaque = [n for n in graph.nodes if n.prim.strategy == P.OPAQUE]
     position = {v: i for i, n in enumerate(graph.nodes) for v in n.outs}
     materialized = {v for v in graph.outputs if v in producers}
