@@ -123,6 +123,18 @@ def test_a_captured_tensor_updated_in_place_is_read_at_every_call(backend):
     assert counts() == (1, 1, 0)
 
 
+def test_a_transform_of_a_captured_tensor_inside_a_transform_is_traced_with_it(backend):
+    """The inner transform runs on real tensors while the outer one traces: its ops are recorded
+    (fused into the outer program), and read w again at each call.  On the interpreter it launched
+    its kernels on the tensors the trace was making and crashed (an invalid storage)."""
+    w = make(5, 3)
+    f = tritonfunc.jit(lambda y: tritonfunc.vmap(torch.sin)(w) + tritonfunc.grad(lambda z: z.sin().sum())(w) * y)
+    y = make(5, 3, seed=1)
+    assert_same(f(y), torch.sin(w) + torch.cos(w) * y)
+    w.add_(1)
+    assert_same(f(y), torch.sin(w) + torch.cos(w) * y)
+
+
 def test_a_captured_name_rebound_to_a_like_tensor_is_replayed_with_it(backend):
     w = make(3)
     f = tritonfunc.jit(lambda x: x * w)

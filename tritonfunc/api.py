@@ -42,6 +42,8 @@ def run_graph(graph: Graph, args: list[torch.Tensor], consts: list | None = None
         return inline(b, graph, list(args) + consts)
     device = _device_of(_tensor_leaves((args, consts)))
     inputs = list(args) + bind_consts(consts, device)
+    if trace_stack():  # on captured tensors inside an enclosing trace, which records each torch op
+        return runtime.evaluate(graph, inputs)
     if library.graph_tracing():  # make_fx records one op that it can run again
         return library.record(graph, inputs, device)
     if autograd.needs_autograd(inputs):  # vjp's and linearize's runs, recorded as cache.call's are
