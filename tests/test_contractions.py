@@ -252,8 +252,14 @@ def test_operands_torch_refuses_are_refused_in_its_words(backend, fn, operands):
         fn(*operands)
     with pytest.raises(type(want.value), match=re.escape(str(want.value))):
         tritonfunc.jit(fn)(*operands)
-    with pytest.raises(type(want.value), match=re.escape(str(want.value))):
-        tritonfunc.vmap(fn, in_dims=(0, None))(operands[0][None], operands[1])
+    batched = (operands[0][None], operands[1])
+    try:  # torch.func's vmap promotes addmm's input (`self`), refuses the rest
+        want_batched = torch.func.vmap(fn, in_dims=(0, None))(*batched)
+    except Exception as e:  # noqa: BLE001
+        with pytest.raises(type(e)):
+            tritonfunc.vmap(fn, in_dims=(0, None))(*batched)
+    else:
+        assert_same(tritonfunc.vmap(fn, in_dims=(0, None))(*batched), want_batched)
 
 
 def test_an_empty_batch_of_products(backend):
@@ -272,3 +278,23 @@ def test_shapes_that_do_not_multiply_raise_torchs_error(backend, shapes):
         torch.matmul(a, b)
     with pytest.raises(RuntimeError, match=re.escape(str(want.value))):
         tritonfunc.jit(torch.matmul)(a, b)
+
+
+def test_vmap_promotes_the_input_of_addmm_as_torch_func_does(backend):
+    """Eager addmm refuses an input (`self`) of another dtype than its matrices; torch.func's vmap
+    rules promote it."""
+    c, a, b = make(3, 4, 6).float(), make(3, 4, 5, seed=1), make(5, 6, seed=2)
+    for in_dims in [(0, 0, None), (None, 0, None)]:
+        args = (c if in_dims[0] == 0 else c[0], a, b)
+        got = tritonfunc.vmap(torch.addmm, in_dims=in_dims)(*args)
+        assert_same(got, torch.func.vmap(torch.addmm, in_dims=in_dims)(*args))
+    with pytest.raises(RuntimeError, match="self and mat2 must have the same dtype"):
+        tritonfunc.jit(torch.addmm)(c[0], a[0], b)
+
+
+def test_linear_of_two_vectors_and_a_scalar_bias(backend):
+    v, bias = make(5), make(seed=1)
+    assert_same(tritonfunc.jit(F.linear)(v, v, bias), F.linear(v, v, bias))
+    assert_same(tritonfunc.grad(F.linear, argnums=1)(v, v, bias), torch.func.grad(F.linear, argnums=1)(v, v, bias))
+    x = make(4, 5, seed=2)
+    assert_same(tritonfunc.vmap(F.linear, in_dims=(0, None, None))(x, v, bias), x @ v + bias)

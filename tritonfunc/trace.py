@@ -212,11 +212,16 @@ def _torch_function(func, args, kwargs):
             if c.dim() == 1:
                 out = out.squeeze(-1)
             return out
-    # F.linear of a 1-D input runs that same matmul: give it a row instead.
+    # F.linear of a 1-D input runs that same matmul: give it a row instead (a 1-D weight too, which
+    # linear then multiplies as a vector: x @ w + bias).
     if func is torch.nn.functional.linear:
         rest = dict(kwargs or {})
         x = args[0] if args else rest.pop("input", None)
         if isinstance(x, torch.Tensor) and x.dim() == 1:
+            weight, bias = (list(args[1:]) + [rest.pop("weight", None), rest.pop("bias", None)])[:2]
+            if isinstance(weight, torch.Tensor) and weight.dim() == 1:
+                out = torch.matmul(x, weight)
+                return out if bias is None else out + bias
             return func(x.unsqueeze(0), *args[1:], **rest).squeeze(0)
     return _call(func, args, kwargs)
 

@@ -24,10 +24,19 @@ OUTER = dict(contract=((), ()), batch=((), ()))  # [M] x [N]
 def one_dtype(op, *args, **kwargs) -> None:
     """torch's matmul kernels take operands of one dtype, not bool, and their meta functions (which
     gave the traced op its result) do not check: torch's own error for a mix, from one-element
-    stand-ins of the operands."""
-    tensors = [a for a in args if isinstance(a, Var)]
-    if len({v.dtype for v in tensors}) > 1 or any(v.dtype == torch.bool for v in tensors):
-        op(*[torch.zeros((1,) * len(a.shape), dtype=a.dtype) if isinstance(a, Var) else a for a in args], **kwargs)
+    stand-ins of the operands.  Under vmap, torch.func's rules for the add* ops promote their input
+    (`self`) to the matrices' dtype instead: there only the matrices must agree."""
+    from ..trace import trace_stack  # noqa: PLC0415  (the tracer imports the lowerings)
+
+    specs = [(len(a.shape), a.dtype) if isinstance(a, Var) else None for a in args]
+    if op in _ADD_OPS and specs[0] and any(t.api == "vmap" for t in trace_stack()):
+        specs[0] = (specs[0][0], specs[1][1])
+    dtypes = {s[1] for s in specs if s}
+    if len(dtypes) > 1 or torch.bool in dtypes:
+        op(*[torch.zeros((1,) * s[0], dtype=s[1]) if s else a for s, a in zip(specs, args)], **kwargs)
+
+
+_ADD_OPS = (aten.addmm, aten.addmv, aten.baddbmm, aten.addbmm, aten.addr)
 
 
 def contract(b, x: Var, y: Var, dtype, **axes) -> Var:
