@@ -295,6 +295,10 @@ def test_vmap_promotes_the_input_of_addmm_as_torch_func_does(backend):
 def test_linear_of_two_vectors_and_a_scalar_bias(backend):
     v, bias = make(5), make(seed=1)
     assert_same(tritonfunc.jit(F.linear)(v, v, bias), F.linear(v, v, bias))
+    w, b = make(3, 5, seed=3), make(3, seed=4)
+    for f in [lambda x, w, b: F.linear(x, w, bias=b), lambda x, w, b: F.linear(input=x, weight=w, bias=b)]:
+        assert_same(tritonfunc.jit(f)(v, w, b), f(v, w, b))  # a 1-D input, the bias by keyword
+        assert_same(tritonfunc.jit(f)(v, v, bias), f(v, v, bias))
     assert_same(tritonfunc.grad(F.linear, argnums=1)(v, v, bias), torch.func.grad(F.linear, argnums=1)(v, v, bias))
     x = make(4, 5, seed=2)
     assert_same(tritonfunc.vmap(F.linear, in_dims=(0, None, None))(x, v, bias), x @ v + bias)

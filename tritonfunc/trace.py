@@ -218,7 +218,8 @@ def _torch_function(func, args, kwargs):
         rest = dict(kwargs or {})
         x = args[0] if args else rest.pop("input", None)
         if isinstance(x, torch.Tensor) and x.dim() == 1:
-            weight, bias = (list(args[1:]) + [rest.pop("weight", None), rest.pop("bias", None)])[:2]
+            given = dict(zip(("weight", "bias"), args[1:])) | rest
+            weight, bias = given.get("weight"), given.get("bias")
             if isinstance(weight, torch.Tensor) and weight.dim() == 1:
                 out = torch.matmul(x, weight)
                 return out if bias is None else out + bias
