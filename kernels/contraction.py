@@ -151,12 +151,10 @@ def _dot_bf16(a, b, acc):
 
 def matmul_allows_tf32() -> bool:
     """Whether torch's own float32 matmuls may use TF32 on CUDA (torch's default: no).  torch's
-    fp32_precision setting says it ("tf32" or "ieee"; "none" defers to torch.backends'), and the
-    legacy allow_tf32 flag (or set_float32_matmul_precision) sets it too; reading the legacy flag
-    after the new setting was used raises, so it is read only when neither says."""
-    precision = getattr(torch.backends.cuda.matmul, "fp32_precision", "none")
-    if precision == "none":
-        precision = getattr(torch.backends, "fp32_precision", "none")
-    if precision in ("tf32", "ieee"):
-        return precision == "tf32"
-    return bool(torch.backends.cuda.matmul.allow_tf32)
+    matmul `fp32_precision` answers for every way of setting it (itself, the global setting it
+    defers to, the legacy allow_tf32 flag, set_float32_matmul_precision); reading the legacy flag
+    instead raises once the newer settings were used.  Torch releases without it have the flag."""
+    precision = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+    if precision is None:
+        return bool(torch.backends.cuda.matmul.allow_tf32)
+    return precision == "tf32"
