@@ -233,6 +233,13 @@ def test_a_call_torch_refuses_raises_torch_funcs_error(f, x):
     check_vmap_error(f, x)
 
 
+@pytest.mark.parametrize("f", [torch.mv, lambda a, v: a @ v, torch.dot], ids=["mv", "matmul", "dot"])
+def test_a_refused_call_is_worded_for_the_vmaps_batch(f):
+    """torch.func names the batch in its shape errors ([4, 5] but got [4, 3] for a batch of 4)."""
+    a = make(B, 3, 5) if f is not torch.dot else make(B, 5)
+    check_vmap_error(f, a, make(B, 3, seed=1))
+
+
 def test_shape_errors_under_grad_are_torchs():
     """Under grad torch runs the op itself: its eager message, not the meta kernel's."""
     f = lambda a: torch.mm(a, torch.ones(3, 3, dtype=a.dtype)).sum()  # noqa: E731

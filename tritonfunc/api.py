@@ -672,7 +672,7 @@ def _vmap_once(func, size, flat_in_dims, flat_args, args_spec, out_dims, randomn
             moved.append(a if d == 0 else a.movedim(d, 0))
     batched = [d is not None for a, d in zip(flat_args, flat_in_dims) if isinstance(a, torch.Tensor)]
     batched += [False] * len(_tensor_leaves(kwargs))
-    t = trace(func, pytree.tree_unflatten(examples, args_spec), kwargs, device=device, api="vmap")
+    t = trace(func, pytree.tree_unflatten(examples, args_spec), kwargs, device=device, api="vmap", batch_size=size)
     out_spec, statics, n_fn = t.out_spec, t.statics, t.num_outputs
     # torch.func counts every transform around this one (not the trace of a whole call, cache.py)
     level = sum(1 for s in trace_stack() if s.api != "call") + 1

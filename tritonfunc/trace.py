@@ -66,10 +66,11 @@ class TraceBuilder(Builder):
     GRAD_APIS, or None for jit) and what in-place ops need: tensors captured and then written,
     and real tensors the function made itself (mutating those is no write to the outside)."""
 
-    def __init__(self, level: int, device: torch.device, api: str | None = None):
+    def __init__(self, level: int, device: torch.device, api: str | None = None, batch_size: int | None = None):
         super().__init__(device, track_grad_mode=True)
         self.level = level
         self.api = api
+        self.batch_size = batch_size  # a vmap's: torch's errors for a refused call are worded for it
         self.captured: dict[int, Tracer] = {}  # id(captured tensor) -> the tracer standing for it
         self.local: dict[int, torch.Tensor] = {}  # id -> real tensor made inside the function
         # id(real tensor computed from captured ones outside the graph) -> (it, its traced shadow)
@@ -266,13 +267,18 @@ def _askable(e: BaseException) -> BaseException:
 
 def _torch_error(func, args, kwargs) -> BaseException | None:
     """What torch raises for func(*args, **kwargs) with each tracer replaced by a stand-in of its
-    shape and dtype (mapped over a batch of 2 by torch.func's vmap when a vmap is being traced), or
-    None if it raises nothing."""
+    shape and dtype (mapped by torch.func's vmap over the innermost vmap's batch when a vmap is
+    being traced, every stand-in batched), or None if it raises nothing."""
     leaves, spec = pytree.tree_flatten((args, kwargs))
     traced = [i for i, x in enumerate(leaves) if isinstance(x, Tracer)]
-    vmapped = any(t.api == "vmap" for t in trace_stack())
-    batch = (2,) if vmapped else ()
-    if sum(leaves[i].numel() for i in traced) > ASK_TORCH_ELEMENTS:
+    vmaps = [t for t in trace_stack() if t.api == "vmap"]
+    vmapped = bool(vmaps)
+    elements = sum(leaves[i].numel() for i in traced)
+    batch = ()
+    if vmapped:  # the vmap's own batch where its stand-ins are small enough, else 2
+        size = vmaps[-1].batch_size or 2
+        batch = (size if elements * size <= ASK_TORCH_ELEMENTS else 2,)
+    if elements * (batch[0] if batch else 1) > ASK_TORCH_ELEMENTS:
         return None
 
     def stand_in(t: Tracer) -> torch.Tensor:
@@ -1301,11 +1307,18 @@ class Traced:
 
 
 def trace(
-    fn: Callable, args: tuple, kwargs: dict | None = None, *, device=None, api: str | None = None, diff=None
+    fn: Callable,
+    args: tuple,
+    kwargs: dict | None = None,
+    *,
+    device=None,
+    api: str | None = None,
+    diff=None,
+    batch_size: int | None = None,
 ) -> Traced:
     """Traces fn(*args, **kwargs).  Tensor leaves of args become graph inputs, in flattened order;
     `diff` marks the ones being differentiated (in-place ops on them are refused, as torch does
-    for leaves that require grad)."""
+    for leaves that require grad); `batch_size` is a vmap's."""
     kwargs = kwargs or {}
     leaves, in_spec = pytree.tree_flatten((args, kwargs))
     tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
@@ -1315,7 +1328,7 @@ def trace(
     stack = trace_stack()
     if not stack:
         _local.made, _local.host_read, _local.autograd_read = {}, False, False
-    b = TraceBuilder((stack[-1].level + 1) if stack else 0, torch.device(device), api=api)
+    b = TraceBuilder((stack[-1].level + 1) if stack else 0, torch.device(device), api=api, batch_size=batch_size)
     wrapped, inputs = [], []
     for x in leaves:
         if isinstance(x, torch.Tensor):
