@@ -81,6 +81,18 @@ def test_contraction_workloads_report_their_tensor_core_launches(cpu_run):
     assert "tl.dot" in stdout
 
 
+def test_gpu_size_plans_of_the_hvp_and_the_relu_ensemble(cpu_run):
+    """Plans, not speed: the HVP of a 784-512-10 MLP recomputes the hidden layer's gradient through
+    the 10 logits inside its weight gradient's kernel (4 launches at 5.18x the ideal bytes; 5 at
+    6.91x before), and each layer of a ReLU ensemble stores its activation alone (5.37x; 6.46x)."""
+    rows, _ = cpu_run
+    hvp = "batch=4096,sizes=784-512-10"
+    assert _values(rows, "hvp_mlp", "plan_launches")[hvp] == 4
+    assert _values(rows, "hvp_mlp", "plan_bytes_over_ideal")[hvp] < 5.2
+    ensemble = "models=10,batch=4096,sizes=784-128-128-10"
+    assert _values(rows, "ensemble_mlp", "plan_bytes_over_ideal")[ensemble] < 5.4
+
+
 def test_plan_at_gpu_size_counts_bytes_from_explain(cpu_run):
     """vmap(grad(cross-entropy)) over 4096 x 32768: every logit must be read and every gradient
     written, so the planned bytes are at least the ideal, and bytes / ideal is their quotient."""
