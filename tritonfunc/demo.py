@@ -7,18 +7,12 @@ Without a CUDA GPU the kernels run on the CPU through Triton's interpreter. Exit
 """
 
 import os
+import sys
 
 import torch
+import torch.nn.functional as F
 
-if not torch.cuda.is_available():
-    # Read when a kernel is decorated with @triton.jit, so set it before anything imports tritonfunc.
-    os.environ["TRITON_INTERPRET"] = "1"
-
-import sys  # noqa: E402
-
-import torch.nn.functional as F  # noqa: E402
-
-import tritonfunc  # noqa: E402
+import tritonfunc
 
 
 def elementwise_chain(x):
@@ -105,4 +99,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        # Triton reads TRITON_INTERPRET when it is imported, which `python -m tritonfunc.demo` did
+        # with the package before this line: run again with it set (kernels run on the CPU then).
+        os.environ["TRITON_INTERPRET"] = "1"
+        os.execv(sys.executable, [sys.executable, "-m", "tritonfunc.demo", *sys.argv[1:]])
     sys.exit(main())
