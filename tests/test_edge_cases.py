@@ -2,6 +2,8 @@
 boolean arithmetic, exact logarithms, floor division of floats, norms at zero, aliasing of results,
 0-d Jacobians, several index tensors, and torch.func's error texts."""
 
+import re
+
 import pytest
 import torch
 import torch.func
@@ -198,3 +200,22 @@ def test_a_torch_call_on_an_empty_intermediate(backend, f, shapes):
     check(f, *args)
     batched = [torch.stack([a, a]) for a in args]
     assert_same(tritonfunc.vmap(f)(*batched), torch.func.vmap(f)(*batched))
+
+
+@pytest.mark.parametrize(
+    "f",
+    [
+        lambda a, w: a.index_put((torch.tensor([0, 2]),), w[:2]),
+        lambda a, w: a.index_add(0, torch.tensor([0, 2]), w[:2]),
+        lambda a, w: (a.__setitem__(torch.tensor([0, 2]), w[:2]), a)[1],
+    ],
+    ids=["index_put", "index_add", "setitem"],
+)
+def test_arguments_a_meta_kernel_lets_by_raise_torchs_error(backend, f):
+    """A value that does not broadcast to the indexed rows: torch's own error, not a primitive's
+    shape assertion inside tritonfunc."""
+    a, w = make(3, 4), make(4, seed=1)
+    with pytest.raises(RuntimeError) as want:
+        f(a.clone(), w)
+    with pytest.raises(RuntimeError, match=re.escape(str(want.value))):
+        tritonfunc.jit(f)(a.clone(), w)

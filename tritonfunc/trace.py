@@ -494,7 +494,10 @@ def _dispatch(func, args, kwargs):
     vargs, vkwargs = _as_vars(b, (args, kwargs))
     with b:
         if lowering is not None:
-            out = lowering(b, out_meta, *vargs, **vkwargs)
+            try:
+                out = lowering(b, out_meta, *vargs, **vkwargs)
+            except AssertionError as e:  # a primitive's shape rule: arguments the meta kernel let by
+                raise _askable(RuntimeError(f"tritonfunc: {func} got arguments it cannot lower: {e}")) from e
         else:
             out, written = fallback.emit_aten_call(func, vargs, vkwargs, out_meta)
             _write_results(b, func, args, kwargs, written)
