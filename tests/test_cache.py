@@ -135,6 +135,15 @@ def test_a_transform_of_a_captured_tensor_inside_a_transform_is_traced_with_it(b
     assert_same(f(y), torch.sin(w) + torch.cos(w) * y)
 
 
+def test_a_generator_made_inside_the_function_draws_the_same_each_call(backend):
+    """torch.randn(..., generator=torch.Generator().manual_seed(0)) inside the function: the same
+    draws at every call, as in torch (a replay drew on from the first call's generator)."""
+    f = tritonfunc.jit(lambda a: a + torch.randn(3, generator=torch.Generator().manual_seed(0), dtype=a.dtype))
+    x = make(3)
+    assert_same(f(x), f(x))
+    assert any("torch.Generator" in line for line in tritonfunc.explain(f)(x).splitlines())
+
+
 def test_a_captured_name_rebound_to_a_like_tensor_is_replayed_with_it(backend):
     w = make(3)
     f = tritonfunc.jit(lambda x: x * w)

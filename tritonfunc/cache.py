@@ -304,6 +304,16 @@ def _lookup(wrapper, impl, args, kwargs, trace_kwargs):
     return entry, tensors, values, device, backend
 
 
+# A random op given a torch.Generator draws its seed from that object; a replay would draw from the
+# object the first call's trace met, though the function may make a new one at every call (a
+# generator seeded inside the function gives the same draws each call in torch, not here).
+GENERATOR_READ = "it draws from a torch.Generator object, which a replay would take from the first call"
+
+
+def _draws_from_a_generator(graph) -> bool:
+    return any(isinstance(c, Seed) and c.generator is not None for c in graph.const_values)
+
+
 def _build(impl, args, kwargs, device, roots, trace_kwargs) -> Entry:
     traced = trace(impl, args, kwargs, device=device, **trace_kwargs)
     graph = traced.graph
@@ -313,6 +323,8 @@ def _build(impl, args, kwargs, device, roots, trace_kwargs) -> Entry:
             raise G.Unguardable("it reads a value computed from captured tensors on the host (.item(), bool())")
         if traced.autograd_read:
             raise G.Unguardable(AUTOGRAD_READ)
+        if _draws_from_a_generator(graph):
+            raise G.Unguardable(GENERATOR_READ)
         guards = G.discover(roots, tensor_consts, set(traced.made))
         reason = None
     except G.Unguardable as e:
@@ -386,6 +398,8 @@ def report(fn, args: tuple, kwargs: dict, traced: Traced) -> list[str]:
         return ["traced at every call: it reads a value computed from captured tensors on the host (.item(), bool())"]
     if traced.autograd_read:
         return [f"traced at every call: {AUTOGRAD_READ}"]
+    if _draws_from_a_generator(traced.graph):
+        return [f"traced at every call: {GENERATOR_READ}"]
     try:
         guards = G.discover(_roots(fn, leaves), tensor_consts, set(traced.made))
     except G.Unguardable as e:
