@@ -240,3 +240,18 @@ def test_make_fx_records_a_replayable_call(backend, build, shape):
     graph = make_fx(f)(make(*shape))
     assert any("tritonfunc.call" in str(n.target) for n in graph.graph.nodes)
     assert_same(graph(make(*shape, seed=1)), f(make(*shape, seed=1)))
+
+
+def test_forward_mode_dual_tensors_keep_their_tangents(backend):
+    """torch.autograd.forward_ad duals that do not require grad: the tangent goes through the
+    call's jvp (the interpreter ran the raw kernels and returned no tangent)."""
+    import torch.autograd.forward_ad as fwAD
+
+    x, t = make(3), make(3, seed=1)
+    f = lambda a: a.sin() * 2  # noqa: E731
+    for transform in (tritonfunc.jit(f), tritonfunc.vmap(f)):
+        with fwAD.dual_level():
+            out = fwAD.unpack_dual(transform(fwAD.make_dual(x, t)))
+        assert_same(out.primal, f(x))
+        assert out.tangent is not None
+        assert_same(out.tangent, 2 * x.cos() * t)

@@ -17,6 +17,7 @@ forward and backward but the inputs: the backward recomputes what it needs insid
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
 from . import runtime
 from .graph import Graph
@@ -85,10 +86,14 @@ class Call:
 
 def needs_autograd(inputs: list[torch.Tensor]) -> bool:
     """Whether running a graph on these inputs must be recorded: grad mode on and an input that
-    requires grad, or an input of an enclosing torch.func transform."""
+    requires grad, an input of an enclosing torch.func transform, or a forward-mode dual tensor
+    (torch.autograd.forward_ad: its tangent goes through GraphFunction's jvp)."""
     wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    dual = fwAD._current_level >= 0  # a dual_level is open
     for t in inputs:
         if wrapped(t) or (t.requires_grad and torch.is_grad_enabled()):
+            return True
+        if dual and fwAD.unpack_dual(t).tangent is not None:
             return True
     return False
 
