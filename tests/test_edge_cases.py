@@ -219,3 +219,20 @@ def test_arguments_a_meta_kernel_lets_by_raise_torchs_error(backend, f):
         f(a.clone(), w)
     with pytest.raises(RuntimeError, match=re.escape(str(want.value))):
         tritonfunc.jit(f)(a.clone(), w)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: m.jvp(lambda a: a * 2.5, (torch.arange(3),), (torch.ones(3),)),
+        lambda m: m.jvp(lambda a: a.exp(), (torch.ones(3),), (torch.arange(3),)),
+        lambda m: m.jacfwd(lambda a: a.exp())(torch.arange(3)),
+    ],
+    ids=["integer_primal", "integer_tangent", "jacfwd_of_integers"],
+)
+def test_forward_mode_refuses_integer_primals_and_tangents_like_torch_func(backend, call):
+    """They had zero tangents (or a cast one) where torch.func raises."""
+    with pytest.raises(ValueError) as want:
+        call(torch.func)
+    with pytest.raises(ValueError, match=re.escape(str(want.value))):
+        call(tritonfunc)

@@ -493,6 +493,9 @@ def _jvp(func: Callable, primals: Any, tangents: Any, *, strict: bool, has_aux: 
     _check_tensor_list(flat_primals, _JVP, "primals")
     _check_tensor_list(flat_tangents, _JVP, "tangents")
     for p, t in zip(flat_primals, flat_tangents):
+        for what, x in (("primal", p), ("tangent", t)):  # forward_ad.make_dual's checks, in its order
+            if not (x.is_floating_point() or x.is_complex()):
+                raise ValueError(f"Expected {what} to be floating point or complex, but got: {x.dtype}")
         if p.shape != t.shape:
             raise RuntimeError(
                 "Trying to set a forward gradient that has a different size than that of the original Tensor, "
