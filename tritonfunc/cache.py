@@ -308,10 +308,18 @@ def _lookup(wrapper, impl, args, kwargs, trace_kwargs):
 # object the first call's trace met, though the function may make a new one at every call (a
 # generator seeded inside the function gives the same draws each call in torch, not here).
 GENERATOR_READ = "it draws from a torch.Generator object, which a replay would take from the first call"
+HOST_READ = "it reads a value computed from captured tensors on the host (.item(), bool())"
 
 
-def _draws_from_a_generator(graph) -> bool:
-    return any(isinstance(c, Seed) and c.generator is not None for c in graph.const_values)
+def _never_replayed(traced: Traced) -> str | None:
+    """Why a trace is traced again at every call whatever its guards would say, or None."""
+    if traced.host_read:
+        return HOST_READ
+    if traced.autograd_read:
+        return AUTOGRAD_READ
+    if any(isinstance(c, Seed) and c.generator is not None for c in traced.graph.const_values):
+        return GENERATOR_READ
+    return None
 
 
 def _build(impl, args, kwargs, device, roots, trace_kwargs) -> Entry:
@@ -319,12 +327,9 @@ def _build(impl, args, kwargs, device, roots, trace_kwargs) -> Entry:
     graph = traced.graph
     tensor_consts = [c for c in graph.const_values if not isinstance(c, Seed)]
     try:
-        if traced.host_read:
-            raise G.Unguardable("it reads a value computed from captured tensors on the host (.item(), bool())")
-        if traced.autograd_read:
-            raise G.Unguardable(AUTOGRAD_READ)
-        if _draws_from_a_generator(graph):
-            raise G.Unguardable(GENERATOR_READ)
+        reason = _never_replayed(traced)
+        if reason is not None:
+            raise G.Unguardable(reason)
         guards = G.discover(roots, tensor_consts, set(traced.made))
         reason = None
     except G.Unguardable as e:
@@ -394,12 +399,9 @@ def report(fn, args: tuple, kwargs: dict, traced: Traced) -> list[str]:
     tensor_consts = [c for c in traced.graph.const_values if not isinstance(c, Seed)]
     if not SETTINGS.enabled:
         return ["the trace cache is off (TRITONFUNC_CACHE=0 or set_cache(enabled=False)): traced at every call"]
-    if traced.host_read:
-        return ["traced at every call: it reads a value computed from captured tensors on the host (.item(), bool())"]
-    if traced.autograd_read:
-        return [f"traced at every call: {AUTOGRAD_READ}"]
-    if _draws_from_a_generator(traced.graph):
-        return [f"traced at every call: {GENERATOR_READ}"]
+    reason = _never_replayed(traced)
+    if reason is not None:
+        return [f"traced at every call: {reason}"]
     try:
         guards = G.discover(_roots(fn, leaves), tensor_consts, set(traced.made))
     except G.Unguardable as e:
