@@ -408,7 +408,6 @@ class _UnrolledScope(Scope):
     def __init__(self, parent: Scope, loop_vars: set[str]):
         super().__init__(parent.outer, [], loop_vars)
         self.parent = parent
-        self.lines = self.inner
         self.defined: set[str] = set()  # registers of the loop body, not visible after it
 
     def inside(self, deps: frozenset[str]) -> bool:
@@ -416,7 +415,7 @@ class _UnrolledScope(Scope):
 
     def add(self, line: str, deps: frozenset[str]):
         if deps & self.inner_vars:
-            self.lines.append(line)
+            self.inner.append(line)
             self.defined.add(line.split(" = ", 1)[0])
         else:
             self.parent.add(line, deps)
@@ -510,7 +509,7 @@ class _Emitter:
         k = schedule.contraction_sizes(node)[2]
         target.append(f"for j{i} in tl.static_range({k}):")
         head = [f"ja{i} = j{i}", f"jb{i} = j{i}"]
-        target.extend("    " + line for line in head + loop.lines + [f"{acc} += {a} * {b}"])
+        target.extend("    " + line for line in head + loop.inner + [f"{acc} += {a} * {b}"])
         self.names = {key: v for key, v in self.names.items() if v[0] not in loop.defined}
         name = self.fresh()
         target.append(f"{name} = {rounded(acc, node.out.dtype)}")

@@ -229,8 +229,9 @@ def _torch_function(func, args, kwargs):
 
 
 def _matmul_shapes_check(a: torch.Tensor, c: torch.Tensor) -> None:
-    """Operands whose shapes torch.matmul refuses: its own error for the user's call (torch.func's
-    under vmap), which the stand-ins below would word otherwise."""
+    """Operands whose shapes torch.matmul refuses (checked on meta tensors before the 2-d rewrite
+    below): torch's own error for the user's call, through the ask-torch path (torch.func's under
+    vmap), not the rewritten call's or the meta kernel's words."""
     try:
         with _disable_current_modes(), torch._C.DisableTorchFunctionSubclass():
             torch.matmul(*(torch.empty(t.shape, dtype=t.dtype, device="meta") for t in (a, c)))
